@@ -1,0 +1,208 @@
+//! Accept phase: the listener, per-connection tasks and their limits, the
+//! front-end HTTP/1.1 server that dispatches CONNECT and absolute-form
+//! requests, and graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::Shared;
+use crate::config::LimitsConfig;
+use crate::error::ProxyError;
+use crate::inject;
+use crate::intercept;
+use crate::io::{DrainWatch, IdleIo};
+use crate::matcher::{ConnectPlan, EgressDecision};
+use crate::parse::Target;
+use crate::plain;
+use crate::relay::{self, Dialed, Purpose, ResBody, Sender};
+
+/// The HTTP/1.1 server settings shared by the front end and intercepted tunnels.
+pub(crate) fn http1_server(limits: &LimitsConfig) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
+    b
+}
+
+/// Accepts until `shutdown` resolves, then drains.
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> usize {
+    let limits = &shared.settings.config.limits;
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        // Backpressure: past max_connections, new clients wait in the kernel's
+        // accept queue instead of costing memory here.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly rather than spin.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn_shared = shared.clone();
+        let span = info_span!("conn", %peer);
+        shared.drain.spawn(move |watch| serve_conn(conn_shared, stream, peer, permit, watch).instrument(span));
+    }
+    drop(listener);
+    info!("shutting down: draining connections");
+    let left = shared.drain.shutdown(limits.drain_timeout).await;
+    if left > 0 {
+        warn!(connections = left, "drain deadline passed; connections cut");
+    }
+    left
+}
+
+/// Per-client-connection state of the front end.
+pub(crate) struct Front {
+    shared: Arc<Shared>,
+    /// Shared with tunnels spawned from this connection, so a CONNECT tunnel
+    /// keeps counting against max_connections after the HTTP layer hands it off.
+    permit: Arc<OwnedSemaphorePermit>,
+    /// Upstream for plain `http://` forwarding, reused while the client keeps
+    /// asking for the same destination.
+    pub(crate) plain: Mutex<Option<(Target, SocketAddr, Sender)>>,
+}
+
+async fn serve_conn(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit, mut watch: DrainWatch) {
+    let limits = &shared.settings.config.limits;
+    let io = TokioIo::new(IdleIo::new(stream, limits.idle_timeout));
+    let front = Arc::new(Front {
+        shared: shared.clone(),
+        permit: Arc::new(permit),
+        plain: Mutex::new(None),
+    });
+    let svc = service_fn(move |req| {
+        let f = front.clone();
+        async move { Ok::<_, Infallible>(f.handle(req).await) }
+    });
+    let conn = http1_server(limits).serve_connection(io, svc).with_upgrades();
+    tokio::pin!(conn);
+    let r = tokio::select! {
+        r = conn.as_mut() => r,
+        () = watch.signalled() => { conn.as_mut().graceful_shutdown(); conn.await }
+    };
+    if let Err(e) = r {
+        debug!(%peer, error = %e, "client connection ended");
+    }
+}
+
+impl Front {
+    async fn handle(&self, req: Request<Incoming>) -> Response<ResBody> {
+        if req.method() == Method::CONNECT {
+            return match self.connect(req).await {
+                Ok(r) => r,
+                Err(e) => {
+                    info!(status = e.status().as_u16(), error = %e, "CONNECT refused");
+                    e.to_response().map(Either::Right)
+                }
+            };
+        }
+        let started = Instant::now();
+        let method = req.method().clone();
+        let host = req.uri().host().unwrap_or("-").to_owned();
+        let path = inject::log_path(req.uri().path_and_query()).to_owned();
+        let result = if req.uri().scheme().is_some() {
+            plain::forward(self, req).await
+        } else {
+            Err(ProxyError::BadRequest(
+                "Lanyard is a forward proxy: send absolute-form requests (http://host/path) or CONNECT host:port".into(),
+            ))
+        };
+        match result {
+            Ok((resp, endpoint)) => {
+                info!(%method, %host, %path, status = resp.status().as_u16(), endpoint = endpoint.as_deref().unwrap_or("-"),
+                    ms = started.elapsed().as_millis(), "request");
+                resp
+            }
+            Err(e) => {
+                info!(%method, %host, %path, status = e.status().as_u16(), error = %e, "request refused");
+                e.to_response().map(Either::Right)
+            }
+        }
+    }
+
+    async fn connect(&self, req: Request<Incoming>) -> Result<Response<ResBody>, ProxyError> {
+        let authority = req
+            .uri()
+            .authority()
+            .ok_or_else(|| ProxyError::BadRequest("CONNECT needs an authority (host:port)".into()))?;
+        let target = Target::parse_authority(authority.as_str(), None)
+            .map_err(|e| ProxyError::BadRequest(format!("CONNECT authority: {e}")))?;
+        let span = info_span!("connect", dest = %target);
+        let shared = &self.shared;
+        let plan = shared.settings.router.connect_plan(&target);
+        let (purpose, how) = match plan {
+            ConnectPlan::Intercept => (Purpose::Endpoint, "intercept"),
+            ConnectPlan::Passthrough => (Purpose::Endpoint, "passthrough"),
+            ConnectPlan::Unmatched => match shared.settings.egress.decide(&target) {
+                EgressDecision::Deny(rule) => {
+                    return Err(ProxyError::Denied(format!("CONNECT to {target} denied by {rule}")));
+                }
+                EgressDecision::Allow(_) => (Purpose::Egress, "tunnel"),
+            },
+        };
+        // Dial before answering 200, so an unreachable destination is a 502 on
+        // the CONNECT itself and no byte of the tunnel is relayed.
+        let dialed = relay::dial(shared, &target, purpose).instrument(span.clone()).await?;
+        info!(parent: &span, mode = how, addr = %dialed.addr, "CONNECT");
+        let on_upgrade = hyper::upgrade::on(req);
+        let task_shared = shared.clone();
+        let permit = self.permit.clone();
+        shared.drain.spawn(move |watch| {
+            async move {
+                let _permit = permit;
+                let client = match on_upgrade.await {
+                    Ok(u) => u,
+                    Err(e) => return debug!(error = %e, "CONNECT upgrade failed"),
+                };
+                if plan == ConnectPlan::Intercept {
+                    intercept::run(task_shared, client, target, dialed, watch).await;
+                } else {
+                    tunnel(client, dialed).await;
+                }
+            }
+            .instrument(span)
+        });
+        Ok(Response::builder()
+            .status(StatusCode::OK)
+            .body(Either::Right(Full::new(Bytes::new())))
+            .map_err(|e| ProxyError::Internal(e.to_string()))?)
+    }
+}
+
+async fn tunnel(client: hyper::upgrade::Upgraded, dialed: Dialed) {
+    relay::splice(TokioIo::new(client), dialed.stream).await;
+}
+
+impl Front {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}

@@ -1,0 +1,270 @@
+//! The per-sandbox certificate authority and the bounded cache of leaf
+//! certificates it mints for intercepted names.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::parse::Host;
+
+/// Leaf certificates are valid this long; the cache renews them at half-life.
+const LEAF_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+/// Backdating absorbs clock skew between Lanyard and the agent's view of time.
+const BACKDATE: Duration = Duration::from_secs(3600);
+
+/// Errors creating, loading or using the CA.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Key or certificate material was rejected.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The sandbox CA: signs leaf certificates; its certificate is what the agent trusts.
+pub struct SandboxCa {
+    issuer: Issuer<'static, KeyPair>,
+    cert_der: CertificateDer<'static>,
+    cert_pem: String,
+}
+
+impl std::fmt::Debug for SandboxCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxCa").finish_non_exhaustive()
+    }
+}
+
+impl SandboxCa {
+    /// A fresh P-256 CA that lives only in memory.
+    pub fn generate() -> Result<Self, CaError> {
+        let key = KeyPair::generate().map_err(|e| CaError::Invalid(format!("CA key: {e}")))?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "Lanyard sandbox CA");
+        dn.push(DnType::OrganizationName, "Lanyard");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - BACKDATE;
+        params.not_after = now + Duration::from_secs(365 * 24 * 3600);
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| CaError::Invalid(format!("CA certificate: {e}")))?;
+        Ok(SandboxCa {
+            cert_der: cert.der().clone(),
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Loads a CA from a PEM certificate and PEM PKCS#8 key.
+    pub fn load(cert_file: &Path, key_file: &Path) -> Result<Self, CaError> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| CaError::Io {
+                path: p.to_owned(),
+                source,
+            })
+        };
+        let cert_pem = read(cert_file)?;
+        let key_pem = zeroize::Zeroizing::new(read(key_file)?);
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|e| CaError::Invalid(format!("{}: {e}", key_file.display())))?;
+        let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| CaError::Invalid(format!("{}: {e}", cert_file.display())))?;
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key)
+            .map_err(|e| CaError::Invalid(format!("{}: {e}", cert_file.display())))?;
+        Ok(SandboxCa {
+            issuer,
+            cert_der,
+            cert_pem,
+        })
+    }
+
+    /// The CA certificate (DER).
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+
+    /// The CA certificate (PEM).
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Writes `ca.pem` and `bundle.pem` (the given roots plus this CA) into
+    /// `dir`, atomically (write then rename), world-readable: the agent needs them.
+    pub fn write_trust_files(
+        &self,
+        dir: &Path,
+        roots: &[CertificateDer<'_>],
+    ) -> Result<TrustFiles, CaError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| CaError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let mut bundle = String::new();
+        for der in roots {
+            bundle.push_str(&pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec())));
+        }
+        bundle.push_str(&self.cert_pem);
+        let files = TrustFiles {
+            ca_pem: dir.join("ca.pem"),
+            bundle_pem: dir.join("bundle.pem"),
+        };
+        for (path, body) in [(&files.ca_pem, self.cert_pem.as_str()), (&files.bundle_pem, &bundle)] {
+            let tmp = path.with_extension("pem.tmp");
+            std::fs::write(&tmp, body).map_err(io(&tmp))?;
+            set_mode(&tmp, 0o644).map_err(io(&tmp))?;
+            std::fs::rename(&tmp, path).map_err(io(path))?;
+        }
+        Ok(files)
+    }
+
+    /// Mints a leaf for `host`, chained to this CA.
+    pub fn mint(&self, host: &Host) -> Result<CertifiedKey, CaError> {
+        let key = KeyPair::generate().map_err(|e| CaError::Invalid(format!("leaf key: {e}")))?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, host.as_server_name());
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![match host {
+            Host::Ip(ip) => SanType::IpAddress(*ip),
+            Host::Name(n) => SanType::DnsName(
+                n.clone()
+                    .try_into()
+                    .map_err(|e| CaError::Invalid(format!("SAN {n}: {e}")))?,
+            ),
+        }];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - BACKDATE;
+        params.not_after = now + LEAF_VALIDITY;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| CaError::Invalid(format!("leaf for {host}: {e}")))?;
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
+            .map_err(|e| CaError::Invalid(format!("leaf key: {e}")))?;
+        Ok(CertifiedKey::new(
+            vec![cert.der().clone(), self.cert_der.clone()],
+            signing,
+        ))
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+/// Paths of the trust files written for the agent.
+#[derive(Debug, Clone)]
+pub struct TrustFiles {
+    /// The sandbox CA alone.
+    pub ca_pem: PathBuf,
+    /// System roots plus the sandbox CA.
+    pub bundle_pem: PathBuf,
+}
+
+/// Leaf certificates by host: bounded (least-recently-used entries go first,
+/// never a wipe of the whole cache), renewed at half their validity, and
+/// minted once when many connections for a new name arrive together.
+#[derive(Clone)]
+pub struct CertCache {
+    ca: Arc<SandboxCa>,
+    cache: moka::future::Cache<Host, Arc<CertifiedKey>>,
+}
+
+impl std::fmt::Debug for CertCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertCache")
+            .field("entries", &self.cache.entry_count())
+            .finish()
+    }
+}
+
+impl CertCache {
+    /// A cache of at most `capacity` leaves.
+    pub fn new(ca: Arc<SandboxCa>, capacity: u64) -> Self {
+        let cache = moka::future::Cache::builder()
+            .max_capacity(capacity)
+            .time_to_live(LEAF_VALIDITY / 2)
+            .build();
+        Self { ca, cache }
+    }
+
+    /// The leaf for `host`, minted on first use.
+    pub async fn get(&self, host: &Host) -> Result<Arc<CertifiedKey>, Arc<CaError>> {
+        let ca = self.ca.clone();
+        let h = host.clone();
+        self.cache
+            .try_get_with(host.clone(), async move { ca.mint(&h).map(Arc::new) })
+            .await
+    }
+
+    /// Entries currently held (approximate until pending maintenance runs).
+    pub async fn len(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
+        self.cache.entry_count()
+    }
+
+    /// True when no leaf is cached.
+    pub async fn is_empty(&self) -> bool {
+        self.len().await == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn cache_is_bounded_without_wiping() {
+        let cache = CertCache::new(Arc::new(SandboxCa::generate().unwrap()), 4);
+        let first = cache.get(&Host::parse("a0.test").unwrap()).await.unwrap();
+        for i in 0..10 {
+            cache.get(&Host::parse(&format!("a{i}.test")).unwrap()).await.unwrap();
+        }
+        assert!(cache.len().await <= 4);
+        assert!(cache.len().await >= 1);
+        let again = cache.get(&Host::parse("a9.test").unwrap()).await.unwrap();
+        let again2 = cache.get(&Host::parse("a9.test").unwrap()).await.unwrap();
+        assert!(Arc::ptr_eq(&again, &again2), "a hot entry was re-minted");
+        drop(first);
+    }
+
+    #[test]
+    fn load_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.path().join("c.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("k.pem"), key.serialize_pem()).unwrap();
+        let ca = SandboxCa::load(&dir.path().join("c.pem"), &dir.path().join("k.pem")).unwrap();
+        ca.mint(&Host::parse("x.test").unwrap()).unwrap();
+        let files = ca.write_trust_files(&dir.path().join("out"), &[]).unwrap();
+        assert_eq!(std::fs::read_to_string(files.ca_pem).unwrap(), cert.pem());
+        let err = SandboxCa::load(&dir.path().join("c.pem"), &dir.path().join("missing.pem")).unwrap_err();
+        assert!(err.to_string().contains("missing.pem"));
+    }
+}

@@ -1,0 +1,252 @@
+//! The proxy's sections of `lanyard.yaml`, as serde types. Validation into
+//! runtime structures happens in [`crate::Settings::build`]; errors carry the
+//! field path so the binary can name file, field and reason.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Everything the data plane needs from the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Address of the explicit forward proxy (HTTP/1.1, absolute-form and CONNECT).
+    /// Port 0 picks a free port; the bound address is printed at start.
+    pub listen: SocketAddr,
+    /// The per-sandbox certificate authority used to intercept TLS.
+    pub ca: CaConfig,
+    /// How Lanyard verifies the real upstream servers.
+    #[serde(default)]
+    pub upstream_tls: UpstreamTlsConfig,
+    /// Names pinned to addresses, like curl's `--resolve`; consulted before DNS.
+    #[serde(default)]
+    pub resolve: BTreeMap<String, IpAddr>,
+    /// Destinations that get a credential injected.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+    /// What happens to destinations no endpoint matches.
+    #[serde(default)]
+    pub egress: EgressConfig,
+    /// Resource limits and timeouts.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// The sandbox CA.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// Directory where `ca.pem` (the sandbox CA) and `bundle.pem` (system roots
+    /// plus the sandbox CA) are written for the agent to trust. The private key
+    /// is never written.
+    pub dir: PathBuf,
+    /// PEM certificate of an existing CA to use instead of generating one at start.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM (PKCS#8) private key matching `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Trust settings for upstream TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// PEM files with additional CA certificates to trust for upstreams.
+    #[serde(default)]
+    pub extra_ca_files: Vec<PathBuf>,
+    /// Trust the operating system's root store.
+    #[serde(default = "yes")]
+    pub system_roots: bool,
+    /// Trust the Mozilla roots compiled into Lanyard (useful in distroless images).
+    #[serde(default = "yes")]
+    pub webpki_roots: bool,
+}
+
+impl Default for UpstreamTlsConfig {
+    fn default() -> Self {
+        Self {
+            extra_ca_files: Vec::new(),
+            system_roots: true,
+            webpki_roots: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How a CONNECT to an endpoint's host is handled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Terminate TLS with a sandbox-CA certificate, inject, re-originate TLS.
+    #[default]
+    Intercept,
+    /// Relay the TLS bytes untouched (no injection); for upstreams that reject
+    /// re-originated handshakes.
+    Passthrough,
+}
+
+/// One injection rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Unique name, used in logs and error messages.
+    pub name: String,
+    /// Exact host name or IP, or `*.suffix` matching one or more labels.
+    pub host: String,
+    /// Destination port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Path prefix, matched segment-wise on the normalised path.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Methods this rule applies to; empty means all.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Name of the provider (token source) in `providers`.
+    pub provider: String,
+    /// Header that carries the credential.
+    #[serde(default = "default_header")]
+    pub header: String,
+    /// Text before the token in the header value. Defaults to `"Bearer "` for
+    /// `Authorization` and to nothing for any other header.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// `intercept` (default) or `passthrough`.
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// Allow injecting over plain HTTP to a non-loopback upstream.
+    #[serde(default)]
+    pub allow_cleartext: bool,
+}
+
+fn default_port() -> u16 {
+    443
+}
+fn default_path() -> String {
+    "/".to_owned()
+}
+fn default_header() -> String {
+    "Authorization".to_owned()
+}
+
+/// Default decision for unmatched destinations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EgressDefault {
+    /// Blind tunnel / plain forward without injection.
+    Allow,
+    /// Refuse with 403 before any byte is relayed.
+    #[default]
+    Deny,
+}
+
+/// Egress policy for destinations no endpoint matches.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressConfig {
+    /// Decision when neither list matches.
+    #[serde(default)]
+    pub default: EgressDefault,
+    /// `host:port` patterns always allowed (`*.suffix` hosts, `*` port).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// `host:port` patterns always denied; checked before `allow`.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Allow unmatched destinations that resolve to loopback, private,
+    /// link-local or other non-public addresses. Names pinned in `resolve`
+    /// are exempt. Off by default so DNS cannot steer the agent into the host.
+    #[serde(default)]
+    pub allow_private_addresses: bool,
+}
+
+/// Limits; each has a default sized for one sandbox.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Bytes of one request or response head (request line plus headers). Minimum 8192.
+    pub max_header_bytes: usize,
+    /// Number of header fields in one head.
+    pub max_headers: usize,
+    /// Bytes of the request target (the URI in the request line).
+    pub max_request_line: usize,
+    /// Time a client has to send a complete request head.
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// A connection with no bytes moving either way for this long is closed.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// TCP connect to an upstream.
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// TLS handshake, with the client or with the upstream.
+    #[serde(deserialize_with = "duration")]
+    pub tls_handshake_timeout: Duration,
+    /// Upstream response head after the request was sent.
+    #[serde(deserialize_with = "duration")]
+    pub response_header_timeout: Duration,
+    /// Client connections served at once; further ones wait in the accept queue.
+    pub max_connections: usize,
+    /// Leaf certificates kept for intercepted names (least recently used evicted).
+    pub cert_cache_size: u64,
+    /// On shutdown, time given to in-flight requests before connections are cut.
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_request_line: 8 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
+            response_header_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            cert_cache_size: 1024,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Parses `250ms`, `10s`, `5m`, `1h` (or a bare number of seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 500ms, 10s, 5m or 1h"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("'{s}' has unknown unit '{unit}' (use ms, s, m or h)")),
+    };
+    Ok(d)
+}
+
+/// serde helper for [`parse_duration`]; also accepts an integer number of seconds.
+pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(n) => Ok(Duration::from_secs(n)),
+        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+    }
+}

@@ -1,0 +1,186 @@
+//! Inject phase: check that every name the client used agrees with the
+//! destination Lanyard dialed, normalise the path, find the endpoint, and
+//! replace the credential header. Everything here happens before a byte of
+//! the request reaches the upstream.
+
+use http::uri::{PathAndQuery, Uri};
+use http::{HeaderValue, Request, Version, header};
+use hyper::body::Incoming;
+use zeroize::Zeroizing;
+
+use crate::Shared;
+use crate::error::ProxyError;
+use crate::matcher::Rule;
+use crate::parse::{Target, normalize_path};
+use crate::relay::{is_upgrade, strip_hop_by_hop};
+
+/// A request ready for the upstream.
+pub(crate) struct Prepared {
+    pub(crate) req: Request<Incoming>,
+    /// Name of the endpoint whose credential was injected.
+    pub(crate) endpoint: Option<String>,
+    /// An HTTP/1.1 upgrade is being relayed.
+    pub(crate) upgrade: bool,
+}
+
+/// How the request reached Lanyard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scheme {
+    /// Inside an intercepted CONNECT tunnel.
+    Https,
+    /// Absolute-form `http://` request to the proxy.
+    Http,
+}
+
+impl Scheme {
+    fn default_port(self) -> u16 {
+        match self {
+            Scheme::Https => 443,
+            Scheme::Http => 80,
+        }
+    }
+    fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Https => "https",
+            Scheme::Http => "http",
+        }
+    }
+}
+
+/// Every authority the request names (URI authority or HTTP/2 `:authority`,
+/// and the Host header) must equal `target`; otherwise nothing is injected.
+pub(crate) fn check_names(target: &Target, scheme: Scheme, req: &Request<Incoming>) -> Result<(), ProxyError> {
+    let port = Some(scheme.default_port());
+    if let Some(auth) = req.uri().authority() {
+        let named = Target::parse_authority(auth.as_str(), port)
+            .map_err(|e| ProxyError::BadRequest(format!("request authority: {e}")))?;
+        if &named != target {
+            return Err(ProxyError::Misdirected(format!(
+                "request authority '{auth}' does not match the destination {target}; nothing was injected"
+            )));
+        }
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    if let Some(h) = hosts.next() {
+        if hosts.next().is_some() {
+            return Err(ProxyError::BadRequest("more than one Host header".into()));
+        }
+        let text = h
+            .to_str()
+            .map_err(|_| ProxyError::BadRequest("Host header is not ASCII".into()))?;
+        let named = Target::parse_authority(text, port)
+            .map_err(|e| ProxyError::BadRequest(format!("Host header: {e}")))?;
+        if &named != target {
+            return Err(ProxyError::Misdirected(format!(
+                "Host header '{text}' does not match the destination {target}; nothing was injected"
+            )));
+        }
+    } else if req.version() < Version::HTTP_2 && req.uri().authority().is_none() {
+        return Err(ProxyError::BadRequest("missing Host header".into()));
+    }
+    Ok(())
+}
+
+/// Prepares `req` for an upstream speaking HTTP/2 (`upstream_h2`) or HTTP/1.1.
+pub(crate) async fn prepare(
+    shared: &Shared,
+    target: &Target,
+    scheme: Scheme,
+    mut req: Request<Incoming>,
+    upstream_h2: bool,
+    upgrade_ok: bool,
+    cleartext_to: Option<std::net::SocketAddr>,
+) -> Result<Prepared, ProxyError> {
+    let limit = shared.settings.config.limits.max_request_line;
+    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > limit {
+        return Err(ProxyError::UriTooLong(limit));
+    }
+    check_names(target, scheme, &req)?;
+    let path = normalize_path(req.uri().path()).map_err(|e| ProxyError::BadRequest(format!("path: {e}")))?;
+    let rule = shared.settings.router.find(target, &path, req.method());
+    let upgrade = upgrade_ok && !upstream_h2 && is_upgrade(&req);
+    strip_hop_by_hop(req.headers_mut(), upgrade);
+    let endpoint = match rule {
+        Some(rule) => {
+            if let Some(addr) = cleartext_to {
+                // Invariant 2: no credential in cleartext off this host unless the endpoint opts in.
+                if !addr.ip().is_loopback() && !rule.allow_cleartext {
+                    return Err(ProxyError::Denied(format!(
+                        "endpoint '{}' needs TLS: {target} ({addr}) is not loopback; use https:// or set allow_cleartext",
+                        rule.name
+                    )));
+                }
+            }
+            inject(shared, rule, &mut req).await?;
+            Some(rule.name.clone())
+        }
+        None => None,
+    };
+    let pq = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let authority = if target.port == scheme.default_port() {
+        target.host.to_string()
+    } else {
+        target.to_string()
+    };
+    let uri = if upstream_h2 {
+        Uri::builder()
+            .scheme(scheme.as_str())
+            .authority(authority.as_str())
+            .path_and_query(pq.as_str())
+            .build()
+    } else {
+        Uri::builder().path_and_query(pq.as_str()).build()
+    }
+    .map_err(|e| ProxyError::BadRequest(format!("cannot rebuild request target: {e}")))?;
+    *req.uri_mut() = uri;
+    if upstream_h2 {
+        req.headers_mut().remove(header::HOST);
+        *req.version_mut() = Version::HTTP_2;
+    } else {
+        let host = HeaderValue::from_str(&authority)
+            .map_err(|_| ProxyError::Internal("canonical authority is not a header value".into()))?;
+        req.headers_mut().insert(header::HOST, host);
+        *req.version_mut() = Version::HTTP_11;
+    }
+    Ok(Prepared {
+        req,
+        endpoint,
+        upgrade,
+    })
+}
+
+/// Replaces every client-supplied value of the rule's header with the
+/// provider's credential (invariant 6: replaced, never merged).
+async fn inject(shared: &Shared, rule: &Rule, req: &mut Request<Incoming>) -> Result<(), ProxyError> {
+    let fail = |cause: String| ProxyError::Credential {
+        endpoint: rule.name.clone(),
+        provider: rule.provider.clone(),
+        cause,
+    };
+    let source = shared
+        .sources
+        .get(&rule.provider)
+        .ok_or_else(|| fail("provider is not running".into()))?;
+    let token = source.token(&rule.name).await.map_err(|e| fail(e.0))?;
+    let mut text = Zeroizing::new(String::with_capacity(rule.prefix.len() + token.len()));
+    text.push_str(&rule.prefix);
+    text.push_str(token.expose());
+    let mut value = HeaderValue::from_str(&text)
+        .map_err(|_| fail("credential has characters not allowed in a header value".into()))?;
+    // Keeps HPACK from indexing it, and hyper's Debug output prints "Sensitive".
+    value.set_sensitive(true);
+    let headers = req.headers_mut();
+    headers.remove(&rule.header);
+    headers.insert(rule.header.clone(), value);
+    Ok(())
+}
+
+/// An origin-form `PathAndQuery` for logs: the path without the query, which
+/// may carry secrets of the agent's own.
+pub(crate) fn log_path(pq: Option<&PathAndQuery>) -> &str {
+    pq.map_or("/", PathAndQuery::path)
+}

@@ -1,0 +1,191 @@
+//! Intercept phase: terminate the agent's TLS inside a CONNECT tunnel with a
+//! sandbox-CA leaf for the CONNECT authority, open verified TLS to the real
+//! upstream with the agent's own ALPN offer, and serve the agent's requests
+//! (HTTP/1.1 or HTTP/2, whichever it chose) over that pair.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::Mutex;
+use tokio::time::{Instant, timeout};
+use tokio_rustls::LazyConfigAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::Shared;
+use crate::error::ProxyError;
+use crate::inject::{self, Scheme};
+use crate::io::DrainWatch;
+use crate::parse::{Host, Target};
+use crate::relay::{self, Dialed, Purpose, ResBody, Sender};
+use crate::tls::{AlpnOffer, H1, H2};
+
+/// One intercepted tunnel.
+struct Tunnel {
+    shared: Arc<Shared>,
+    target: Target,
+    /// Set when SNI disagrees with the CONNECT authority: every request is refused.
+    sni_problem: Option<String>,
+    client_h2: bool,
+    /// The upstream connection, or why there is none (answered as 502/504).
+    upstream: Mutex<Result<Sender, ProxyError>>,
+}
+
+/// Runs an interception on `client` (the upgraded CONNECT stream) towards
+/// `dialed` (the TCP connection Lanyard opened to `target`).
+pub(crate) async fn run(shared: Arc<Shared>, client: Upgraded, target: Target, dialed: Dialed, mut watch: DrainWatch) {
+    let hs = shared.settings.config.limits.tls_handshake_timeout;
+    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(client));
+    let start = match timeout(hs, acceptor).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return debug!(error = %e, "client sent no usable TLS ClientHello"),
+        Err(_) => return debug!("client TLS hello timed out"),
+    };
+    let (sni, offer, any_alpn) = {
+        let hello = start.client_hello();
+        (
+            hello.server_name().map(str::to_owned),
+            AlpnOffer::from_hello(&hello),
+            hello.alpn().is_some(),
+        )
+    };
+
+    // The upstream sees the agent's own ALPN offer, so whatever it picks (h2
+    // for gRPC) can be offered back to the agent unchanged.
+    let upstream = relay::tls_connect(&shared, dialed.stream, &target, shared.upstream_tls.for_offer(&offer)).await;
+    let upstream_h2 = matches!(&upstream, Ok(t) if relay::negotiated_h2(t));
+    let server_alpn: &[&[u8]] = match (any_alpn, upstream_h2, offer.h1, offer.h2) {
+        (false, ..) => &[],
+        (true, true, _, true) => &[H2],
+        (true, _, true, _) => &[H1],
+        (true, _, false, true) => &[H2],
+        (true, ..) => &[],
+    };
+    let cert = match shared.certs.get(&target.host).await {
+        Ok(c) => c,
+        Err(e) => return warn!(error = %e, "cannot mint a leaf certificate"),
+    };
+    let config = match shared.server_tls.config(cert, server_alpn) {
+        Ok(c) => c,
+        Err(e) => return warn!(error = %e, "cannot build the client-facing TLS config"),
+    };
+    let tls = match timeout(hs, start.into_stream(config)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return debug!(error = %e, "client TLS handshake failed"),
+        Err(_) => return debug!("client TLS handshake timed out"),
+    };
+    let client_h2 = tls.get_ref().1.alpn_protocol() == Some(H2);
+
+    let sni_problem = sni.as_deref().and_then(|s| match Host::parse(s) {
+        Ok(h) if h == target.host => None,
+        _ => Some(format!(
+            "TLS SNI '{s}' does not match the CONNECT authority {target}; nothing was injected"
+        )),
+    });
+    let upstream = match upstream {
+        Ok(t) => Sender::handshake(t, upstream_h2, &target).await,
+        Err(e) => {
+            info!(error = %e, "upstream unusable; requests in this tunnel get 502");
+            Err(e)
+        }
+    };
+    let tunnel = Arc::new(Tunnel {
+        shared: shared.clone(),
+        target,
+        sni_problem,
+        client_h2,
+        upstream: Mutex::new(upstream),
+    });
+    let svc = service_fn(move |req| {
+        let t = tunnel.clone();
+        async move { Ok::<_, Infallible>(t.handle(req).await) }
+    });
+    let io = TokioIo::new(tls);
+    let limits = &shared.settings.config.limits;
+    let result = if client_h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            () = watch.signalled() => { conn.as_mut().graceful_shutdown(); conn.await }
+        }
+    } else {
+        let conn = crate::accept::http1_server(limits)
+            .serve_connection(io, svc)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            () = watch.signalled() => { conn.as_mut().graceful_shutdown(); conn.await }
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "intercepted connection ended");
+    }
+}
+
+impl Tunnel {
+    async fn handle(&self, req: Request<Incoming>) -> Response<ResBody> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = inject::log_path(req.uri().path_and_query()).to_owned();
+        match self.relay(req).await {
+            Ok((resp, endpoint)) => {
+                info!(%method, %path, status = resp.status().as_u16(), endpoint = endpoint.as_deref().unwrap_or("-"),
+                    ms = started.elapsed().as_millis(), "request");
+                resp
+            }
+            Err(e) => {
+                info!(%method, %path, status = e.status().as_u16(), error = %e,
+                    ms = started.elapsed().as_millis(), "request refused");
+                e.to_response().map(Either::Right)
+            }
+        }
+    }
+
+    async fn relay(&self, req: Request<Incoming>) -> Result<(Response<ResBody>, Option<String>), ProxyError> {
+        if let Some(p) = &self.sni_problem {
+            return Err(ProxyError::Misdirected(p.clone()));
+        }
+        let shared = &self.shared;
+        let mut slot = self.upstream.lock().await;
+        // A broken upstream is reported before any credential is fetched.
+        let h2 = match &*slot {
+            Err(e) => return Err(e.clone()),
+            Ok(s) => s.is_h2(),
+        };
+        if h2 {
+            let mut sender = match slot.as_ref().ok().and_then(Sender::clone_h2) {
+                Some(s) => s,
+                None => return Err(ProxyError::Internal("h2 sender vanished".into())),
+            };
+            drop(slot);
+            let p = inject::prepare(shared, &self.target, Scheme::Https, req, true, false, None).await?;
+            let resp = relay::forward(shared, &mut sender, &self.target, p.req, false).await?;
+            return Ok((resp, p.endpoint));
+        }
+        if slot.as_ref().is_ok_and(Sender::is_closed) {
+            // The upstream closed an idle keep-alive connection; open another
+            // to the same destination, HTTP/1.1 as before.
+            *slot = self.redial().await;
+        }
+        let p = inject::prepare(shared, &self.target, Scheme::Https, req, false, !self.client_h2, None).await?;
+        let sender = slot.as_mut().map_err(|e| e.clone())?;
+        let resp = relay::forward(shared, sender, &self.target, p.req, p.upgrade).await?;
+        Ok((resp, p.endpoint))
+    }
+
+    async fn redial(&self) -> Result<Sender, ProxyError> {
+        let dialed = relay::dial(&self.shared, &self.target, Purpose::Endpoint).await?;
+        let tls = relay::tls_connect(&self.shared, dialed.stream, &self.target, self.shared.upstream_tls.h1_only()).await?;
+        Sender::handshake(tls, false, &self.target).await
+    }
+}

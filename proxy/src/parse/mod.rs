@@ -1,0 +1,271 @@
+//! Parse phase: turn the names and paths a client sent into canonical forms
+//! that matching, injection and dialing all agree on.
+//!
+//! Hosts are lower-cased, stripped of one trailing dot and IDNA-normalised;
+//! paths have dot segments removed and `//` collapsed, and the normalised path
+//! is what the upstream receives, so a prefix matched here is the prefix the
+//! upstream sees.
+
+use std::fmt;
+use std::net::IpAddr;
+
+#[cfg(test)]
+mod tests;
+
+/// A canonical destination host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Host {
+    /// A lower-case ASCII (punycode) DNS name without trailing dot.
+    Name(String),
+    /// A literal address.
+    Ip(IpAddr),
+}
+
+impl Host {
+    /// Canonicalises a host as written in a URI authority, Host header, SNI or
+    /// config (`[::1]` brackets allowed).
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() {
+            return Err("empty host".into());
+        }
+        if let Some(inner) = raw.strip_prefix('[') {
+            let inner = inner
+                .strip_suffix(']')
+                .ok_or_else(|| format!("unterminated IPv6 literal '{raw}'"))?;
+            return inner
+                .parse::<std::net::Ipv6Addr>()
+                .map(|ip| Host::Ip(IpAddr::V6(ip)))
+                .map_err(|_| format!("invalid IPv6 literal '{raw}'"));
+        }
+        if let Ok(ip) = raw.parse::<IpAddr>() {
+            return Ok(Host::Ip(ip));
+        }
+        let trimmed = raw.strip_suffix('.').unwrap_or(raw);
+        let ascii = idna::domain_to_ascii(trimmed)
+            .map_err(|_| format!("'{raw}' is not a valid host name"))?;
+        if ascii.is_empty()
+            || ascii.len() > 253
+            || ascii
+                .split('.')
+                .any(|l| l.is_empty() || l.len() > 63 || !l.bytes().all(is_label_byte))
+        {
+            return Err(format!("'{raw}' is not a valid host name"));
+        }
+        // IDNA maps some dotted forms (e.g. full-width digits) to an IPv4 literal.
+        if let Ok(ip) = ascii.parse::<IpAddr>() {
+            return Ok(Host::Ip(ip));
+        }
+        Ok(Host::Name(ascii))
+    }
+
+    /// The name for TLS SNI / certificate SAN purposes.
+    pub fn as_server_name(&self) -> String {
+        match self {
+            Host::Name(n) => n.clone(),
+            Host::Ip(ip) => ip.to_string(),
+        }
+    }
+}
+
+fn is_label_byte(b: u8) -> bool {
+    // Underscore is not valid in host names but common in real DNS (SRV-style
+    // labels, some internal names); accept it rather than break clients.
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Name(n) => f.write_str(n),
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
+            Host::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+/// A canonical `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// Canonical host.
+    pub host: Host,
+    /// Port.
+    pub port: u16,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl Target {
+    /// Parses `host:port` or `host` (then `default_port`), as in an authority
+    /// or a Host header. Userinfo is refused: it has no place in a proxy target.
+    pub fn parse_authority(raw: &str, default_port: Option<u16>) -> Result<Self, String> {
+        if raw.contains('@') {
+            return Err(format!("authority '{raw}' contains userinfo"));
+        }
+        let (host, port) = split_host_port(raw)?;
+        let port = match (port, default_port) {
+            (Some(p), _) => p,
+            (None, Some(d)) => d,
+            (None, None) => return Err(format!("'{raw}' has no port")),
+        };
+        Ok(Target {
+            host: Host::parse(host)?,
+            port,
+        })
+    }
+}
+
+fn split_host_port(raw: &str) -> Result<(&str, Option<u16>), String> {
+    let (host, port) = if raw.starts_with('[') {
+        match raw.find(']') {
+            Some(end) => {
+                let rest = &raw[end + 1..];
+                match rest.strip_prefix(':') {
+                    Some(p) => (&raw[..=end], Some(p)),
+                    None if rest.is_empty() => (raw, None),
+                    None => return Err(format!("malformed authority '{raw}'")),
+                }
+            }
+            None => return Err(format!("malformed authority '{raw}'")),
+        }
+    } else {
+        match raw.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (raw, None),
+        }
+    };
+    let port = match port {
+        None => None,
+        Some(p) => Some(
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("invalid port in '{raw}'"))?,
+        ),
+    };
+    Ok((host, port))
+}
+
+/// Why a request path was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// Not origin-form.
+    #[error("path must start with '/'")]
+    NotAbsolute,
+    /// A `%` not followed by two hex digits.
+    #[error("malformed percent-encoding in path")]
+    BadEscape,
+    /// An encoded or back slash that would create a dot segment upstream.
+    #[error("path hides a dot segment behind an encoded slash or backslash")]
+    HiddenDotSegment,
+}
+
+/// Normalises an origin-form path (no query): decodes percent-encoded
+/// unreserved characters, upper-cases the remaining escapes, collapses empty
+/// segments and removes `.` and `..` (RFC 3986 §5.2.4, never above the root).
+///
+/// Refuses paths where treating `%2F`, `%5C` or `\` as a separator (as some
+/// servers do) would reveal a dot segment this normalisation did not see:
+/// otherwise `/api/..%2Fadmin` could match `/api` here and reach `/admin` there.
+pub fn normalize_path(raw: &str) -> Result<String, PathError> {
+    if !raw.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let decoded = decode_unreserved(raw)?;
+
+    let mut out: Vec<&str> = Vec::new();
+    let mut visible_dots = 0usize;
+    for seg in decoded.split('/').skip(1) {
+        match seg {
+            "" => {}
+            "." => visible_dots += 1,
+            ".." => {
+                visible_dots += 1;
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let paranoid_dots = decoded
+        .replace("%2F", "/")
+        .replace("%5C", "/")
+        .replace('\\', "/")
+        .split('/')
+        .filter(|s| *s == "." || *s == "..")
+        .count();
+    if paranoid_dots > visible_dots {
+        return Err(PathError::HiddenDotSegment);
+    }
+
+    let trailing = decoded.ends_with('/')
+        || decoded.ends_with("/.")
+        || decoded.ends_with("/..");
+    let mut path = String::with_capacity(decoded.len());
+    for seg in &out {
+        path.push('/');
+        path.push_str(seg);
+    }
+    if path.is_empty() || (trailing && !out.is_empty()) {
+        path.push('/');
+    }
+    Ok(path)
+}
+
+fn decode_unreserved(raw: &str) -> Result<String, PathError> {
+    let bytes = raw.as_bytes();
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hi = bytes.get(i + 1).and_then(|c| hex(*c));
+            let lo = bytes.get(i + 2).and_then(|c| hex(*c));
+            let (Some(hi), Some(lo)) = (hi, lo) else {
+                return Err(PathError::BadEscape);
+            };
+            let v = (hi << 4) | lo;
+            if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
+                out.push(char::from(v));
+            } else {
+                out.push('%');
+                out.push(char::from(HEX[usize::from(hi)]));
+                out.push(char::from(HEX[usize::from(lo)]));
+            }
+            i += 3;
+        } else {
+            // Non-ASCII cannot appear in a parsed http::Uri, but keep it intact
+            // rather than panic on a char boundary if it ever does.
+            let ch_len = raw[i..].chars().next().map_or(1, char::len_utf8);
+            out.push_str(&raw[i..i + ch_len]);
+            i += ch_len;
+        }
+    }
+    Ok(out)
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// True when `path` (normalised) is `prefix` or lies under it, segment-wise:
+/// `/api` covers `/api` and `/api/x` but not `/apix`.
+pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    if prefix.is_empty() {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}

@@ -1,0 +1,62 @@
+//! Absolute-form `http://` requests to the proxy: matched endpoints get their
+//! credential only when the upstream is loopback or the endpoint allows
+//! cleartext (invariant 2); everything else is plain forwarding under egress
+//! policy.
+
+use http::{Request, Response, header};
+use hyper::body::Incoming;
+
+use crate::accept::Front;
+use crate::error::ProxyError;
+use crate::inject::{self, Scheme};
+use crate::matcher::{ConnectPlan, EgressDecision};
+use crate::parse::Target;
+use crate::relay::{self, Purpose, ResBody, Sender};
+
+/// Forwards one absolute-form request; returns the response and the endpoint injected, if any.
+pub(crate) async fn forward(
+    front: &Front,
+    mut req: Request<Incoming>,
+) -> Result<(Response<ResBody>, Option<String>), ProxyError> {
+    let shared = front.shared();
+    if req.uri().scheme_str() != Some("http") {
+        return Err(ProxyError::BadRequest(
+            "only http:// may be sent in absolute form; send https:// through CONNECT".into(),
+        ));
+    }
+    let authority = req
+        .uri()
+        .authority()
+        .ok_or_else(|| ProxyError::BadRequest("absolute-form request without authority".into()))?;
+    let target = Target::parse_authority(authority.as_str(), Some(80))
+        .map_err(|e| ProxyError::BadRequest(format!("request authority: {e}")))?;
+    let purpose = match shared.settings.router.connect_plan(&target) {
+        ConnectPlan::Intercept => Purpose::Endpoint,
+        ConnectPlan::Passthrough | ConnectPlan::Unmatched => match shared.settings.egress.decide(&target) {
+            EgressDecision::Deny(rule) => {
+                return Err(ProxyError::Denied(format!("request to {target} denied by {rule}")));
+            }
+            EgressDecision::Allow(_) => {
+                // RFC 9112 §3.2.2: a proxy uses the absolute-form authority and
+                // ignores Host. Nothing is injected here, so no check is needed.
+                req.headers_mut().remove(header::HOST);
+                Purpose::Egress
+            }
+        },
+    };
+    let mut slot = front.plain.lock().await;
+    let reusable = matches!(&*slot, Some((t, _, s)) if *t == target && !s.is_closed());
+    if !reusable {
+        *slot = None;
+        let dialed = relay::dial(shared, &target, purpose).await?;
+        let addr = dialed.addr;
+        let sender = Sender::handshake(dialed.stream, false, &target).await?;
+        *slot = Some((target.clone(), addr, sender));
+    }
+    let Some((_, addr, sender)) = slot.as_mut() else {
+        return Err(ProxyError::Internal("upstream slot empty after dial".into()));
+    };
+    let p = inject::prepare(shared, &target, Scheme::Http, req, false, true, Some(*addr)).await?;
+    let resp = relay::forward(shared, sender, &target, p.req, p.upgrade).await?;
+    Ok((resp, p.endpoint))
+}

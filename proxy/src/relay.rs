@@ -1,0 +1,336 @@
+//! Relay phase: dial the real destination (Lanyard's own resolution, so the
+//! address injected into is the one Lanyard chose), verify its TLS, and move
+//! requests, responses, upgrades and tunnel bytes between the two sides.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, Request, Response, StatusCode, header};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::client::TlsStream;
+use tracing::{Instrument, debug};
+
+use crate::Shared;
+use crate::error::ProxyError;
+use crate::io::IdleIo;
+use crate::matcher::{is_hop_by_hop, is_non_public};
+use crate::parse::{Host, Target};
+use crate::tls::H2;
+
+/// Body of every response the proxy returns: relayed, or generated.
+pub(crate) type ResBody = Either<Incoming, Full<Bytes>>;
+
+/// Why Lanyard is dialing: endpoints are trusted config, egress is policy-checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    Endpoint,
+    Egress,
+}
+
+/// A connected upstream socket.
+pub(crate) struct Dialed {
+    pub(crate) stream: IdleIo<TcpStream>,
+    pub(crate) addr: SocketAddr,
+}
+
+/// Resolves (pinned names first) and connects, trying each address in turn.
+pub(crate) async fn dial(shared: &Shared, target: &Target, purpose: Purpose) -> Result<Dialed, ProxyError> {
+    let limits = &shared.settings.config.limits;
+    let dest = target.to_string();
+    let (addrs, pinned): (Vec<IpAddr>, bool) = match &target.host {
+        Host::Ip(ip) => (vec![*ip], false),
+        Host::Name(n) => match shared.settings.resolve.get(&target.host) {
+            Some(ip) => (vec![*ip], true),
+            None => {
+                let found = timeout(limits.connect_timeout, tokio::net::lookup_host((n.as_str(), target.port)))
+                    .await
+                    .map_err(|_| ProxyError::UpstreamTimeout {
+                        dest: dest.clone(),
+                        phase: "dns",
+                        after_ms: limits.connect_timeout.as_millis(),
+                    })?
+                    .map_err(|e| ProxyError::Upstream {
+                        dest: dest.clone(),
+                        reason: format!("cannot resolve: {e}"),
+                    })?;
+                (found.map(|a| a.ip()).collect(), false)
+            }
+        },
+    };
+    let addrs = if purpose == Purpose::Egress && !pinned && !shared.settings.egress.allow_private_addresses {
+        let (public, private): (Vec<IpAddr>, Vec<IpAddr>) = addrs.into_iter().partition(|ip| !is_non_public(*ip));
+        if public.is_empty() && !private.is_empty() {
+            let list: Vec<String> = private.iter().map(IpAddr::to_string).collect();
+            return Err(ProxyError::Denied(format!(
+                "{dest} resolves only to non-public addresses ({}); set egress.allow_private_addresses or pin the name in resolve",
+                list.join(", ")
+            )));
+        }
+        public
+    } else {
+        addrs
+    };
+    let mut last = String::from("no addresses");
+    for ip in addrs {
+        let addr = SocketAddr::new(ip, target.port);
+        match timeout(limits.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                // Nagle plus delayed ACK costs ~40 ms per small request/response.
+                let _ = stream.set_nodelay(true);
+                return Ok(Dialed {
+                    stream: IdleIo::new(stream, limits.idle_timeout),
+                    addr,
+                });
+            }
+            Ok(Err(e)) => last = format!("connect {addr}: {e}"),
+            Err(_) => {
+                return Err(ProxyError::UpstreamTimeout {
+                    dest,
+                    phase: "connect",
+                    after_ms: limits.connect_timeout.as_millis(),
+                });
+            }
+        }
+    }
+    Err(ProxyError::Upstream { dest, reason: last })
+}
+
+/// TLS to the upstream, verifying it against the configured roots for the
+/// name Lanyard dialed.
+pub(crate) async fn tls_connect<IO>(
+    shared: &Shared,
+    io: IO,
+    target: &Target,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<TlsStream<IO>, ProxyError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = &shared.settings.config.limits;
+    let name = match &target.host {
+        Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
+        Host::Name(n) => ServerName::try_from(n.clone()).map_err(|e| ProxyError::Upstream {
+            dest: target.to_string(),
+            reason: format!("invalid server name: {e}"),
+        })?,
+    };
+    let connector = tokio_rustls::TlsConnector::from(config);
+    match timeout(limits.tls_handshake_timeout, connector.connect(name, io)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(ProxyError::Upstream {
+            dest: target.to_string(),
+            reason: format!("TLS handshake failed: {e}"),
+        }),
+        Err(_) => Err(ProxyError::UpstreamTimeout {
+            dest: target.to_string(),
+            phase: "tls handshake",
+            after_ms: limits.tls_handshake_timeout.as_millis(),
+        }),
+    }
+}
+
+/// A request sender on one upstream connection.
+pub(crate) enum Sender {
+    H1(http1::SendRequest<Incoming>),
+    H2(http2::SendRequest<Incoming>),
+}
+
+impl Sender {
+    /// HTTP/1 or HTTP/2 handshake on an established (TLS or plain) stream,
+    /// driving the connection in a task tied to the current span.
+    pub(crate) async fn handshake<IO>(io: IO, h2: bool, dest: &Target) -> Result<Self, ProxyError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let fail = |e: hyper::Error| ProxyError::Upstream {
+            dest: dest.to_string(),
+            reason: format!("HTTP handshake failed: {e}"),
+        };
+        let io = TokioIo::new(io);
+        if h2 {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(fail)?;
+            tokio::spawn(
+                async move {
+                    if let Err(e) = conn.await {
+                        debug!(error = %e, "upstream h2 connection ended");
+                    }
+                }
+                .in_current_span(),
+            );
+            Ok(Sender::H2(sender))
+        } else {
+            let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(fail)?;
+            tokio::spawn(
+                async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        debug!(error = %e, "upstream h1 connection ended");
+                    }
+                }
+                .in_current_span(),
+            );
+            Ok(Sender::H1(sender))
+        }
+    }
+
+    pub(crate) fn is_h2(&self) -> bool {
+        matches!(self, Sender::H2(_))
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    /// A second handle to the same connection, for HTTP/2 multiplexing.
+    pub(crate) fn clone_h2(&self) -> Option<Self> {
+        match self {
+            Sender::H2(s) => Some(Sender::H2(s.clone())),
+            Sender::H1(_) => None,
+        }
+    }
+
+    /// Sends one request and waits for the response head (bounded by
+    /// `response_header_timeout`); bodies then stream without buffering.
+    pub(crate) async fn send(
+        &mut self,
+        shared: &Shared,
+        dest: &Target,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let limit = shared.settings.config.limits.response_header_timeout;
+        let fail = |e: hyper::Error| ProxyError::Upstream {
+            dest: dest.to_string(),
+            reason: format!("request failed: {e}"),
+        };
+        let fut = async {
+            match self {
+                Sender::H1(s) => {
+                    s.ready().await.map_err(fail)?;
+                    s.send_request(req).await.map_err(fail)
+                }
+                Sender::H2(s) => {
+                    s.ready().await.map_err(fail)?;
+                    s.send_request(req).await.map_err(fail)
+                }
+            }
+        };
+        timeout(limit, fut).await.map_err(|_| ProxyError::UpstreamTimeout {
+            dest: dest.to_string(),
+            phase: "response headers",
+            after_ms: limit.as_millis(),
+        })?
+    }
+}
+
+/// True for an HTTP/1.1 protocol upgrade request (websocket and friends).
+pub(crate) fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() <= http::Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &str> {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes hop-by-hop headers and anything the `Connection` header names.
+/// With `keep_upgrade`, `Upgrade` and `Connection: upgrade` survive.
+pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = connection_tokens(h)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    let upgrade = h.get(header::UPGRADE).cloned();
+    let te_trailers = h
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    for n in named {
+        h.remove(n);
+    }
+    let hop: Vec<HeaderName> = h.keys().filter(|k| is_hop_by_hop(k)).cloned().collect();
+    for n in hop {
+        h.remove(n);
+    }
+    // gRPC needs `te: trailers` end to end; it is the one TE value HTTP/2 allows.
+    if te_trailers {
+        h.insert(header::TE, http::HeaderValue::from_static("trailers"));
+    }
+    if keep_upgrade {
+        if let Some(u) = upgrade {
+            h.insert(header::UPGRADE, u);
+            h.insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        }
+    }
+}
+
+/// Sends `req` upstream and prepares the response for the client. For an
+/// upgrade answered with 101, splices the two upgraded streams together.
+pub(crate) async fn forward(
+    shared: &Arc<Shared>,
+    sender: &mut Sender,
+    dest: &Target,
+    mut req: Request<Incoming>,
+    upgrade: bool,
+) -> Result<Response<ResBody>, ProxyError> {
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let mut resp = sender.send(shared, dest, req).await?;
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let span = tracing::Span::current();
+        shared.drain.spawn(move |_watch| {
+            async move {
+                let (c, u) = tokio::join!(client_upgrade, upstream_upgrade);
+                match (c, u) {
+                    (Ok(c), Ok(u)) => splice(TokioIo::new(c), TokioIo::new(u)).await,
+                    (c, u) => debug!(client_ok = c.is_ok(), upstream_ok = u.is_ok(), "upgrade abandoned"),
+                }
+            }
+            .instrument(span)
+        });
+    } else if switching {
+        return Err(ProxyError::Upstream {
+            dest: dest.to_string(),
+            reason: "answered 101 to a request that did not ask to upgrade".into(),
+        });
+    }
+    strip_hop_by_hop(resp.headers_mut(), switching);
+    Ok(resp.map(Either::Left))
+}
+
+/// Copies bytes both ways until either side closes. Both sides already sit on
+/// [`IdleIo`] sockets, so an idle pair is cut by the idle timeout.
+pub(crate) async fn splice<A, B>(mut a: A, mut b: B)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::io::copy_bidirectional(&mut a, &mut b).await {
+        Ok((up, down)) => debug!(bytes_up = up, bytes_down = down, "tunnel closed"),
+        Err(e) => debug!(error = %e, "tunnel ended"),
+    }
+}
+
+/// Whether an upstream response speaks h2 (for logs and URI shaping).
+pub(crate) fn negotiated_h2<IO>(tls: &TlsStream<IO>) -> bool {
+    tls.get_ref().1.alpn_protocol() == Some(H2)
+}
