@@ -10,7 +10,7 @@ use crate::accept::Front;
 use crate::error::ProxyError;
 use crate::inject::{self, Scheme};
 use crate::matcher::{ConnectPlan, EgressDecision};
-use crate::parse::Target;
+use crate::parse::{Target, normalize_path};
 use crate::relay::{self, Purpose, ResBody, Sender};
 
 /// Forwards one absolute-form request; returns the response and the endpoint injected, if any.
@@ -31,7 +31,16 @@ pub(crate) async fn forward(
     let target = Target::parse_authority(authority.as_str(), Some(80))
         .map_err(|e| ProxyError::BadRequest(format!("request authority: {e}")))?;
     let purpose = match shared.settings.router.connect_plan(&target) {
-        ConnectPlan::Intercept => Purpose::Endpoint,
+        ConnectPlan::Intercept => {
+            // Decide invariant 2 before dialing, so a refused request costs no connection.
+            let rule = normalize_path(req.uri().path())
+                .ok()
+                .and_then(|path| shared.settings.router.find(&target, &path, req.method()));
+            match rule {
+                Some(r) if !r.allow_cleartext => Purpose::CleartextEndpoint("credential needs TLS"),
+                _ => Purpose::Endpoint,
+            }
+        }
         ConnectPlan::Passthrough | ConnectPlan::Unmatched => match shared.settings.egress.decide(&target) {
             EgressDecision::Deny(rule) => {
                 return Err(ProxyError::Denied(format!("request to {target} denied by {rule}")));

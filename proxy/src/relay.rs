@@ -32,6 +32,9 @@ pub(crate) type ResBody = Either<Incoming, Full<Bytes>>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Purpose {
     Endpoint,
+    /// An endpoint over plain HTTP without `allow_cleartext`: loopback only,
+    /// refused before any connection is attempted.
+    CleartextEndpoint(&'static str),
     Egress,
 }
 
@@ -78,6 +81,13 @@ pub(crate) async fn dial(shared: &Shared, target: &Target, purpose: Purpose) -> 
     } else {
         addrs
     };
+    if let Purpose::CleartextEndpoint(why) = purpose {
+        if let Some(ip) = addrs.iter().find(|ip| !ip.is_loopback()) {
+            return Err(ProxyError::Denied(format!(
+                "{why}: {dest} resolves to {ip}, which is not loopback; use https:// or set allow_cleartext on the endpoint"
+            )));
+        }
+    }
     let mut last = String::from("no addresses");
     for ip in addrs {
         let addr = SocketAddr::new(ip, target.port);

@@ -1,0 +1,177 @@
+//! An HTTPS (or plain HTTP) upstream that answers with what it received.
+//!
+//! - any path: `200`, body lines `method`, `path`, `version`, `host`,
+//!   `authorization` (one line per value, `-` if none), `x-test` and the
+//!   listening upstream's `name`;
+//! - `content-type: application/grpc`: echoes the request body back as a
+//!   gRPC response with `grpc-status: 0` trailers;
+//! - `/stream`: streams the request body straight back;
+//! - `Upgrade` requests: `101`, then echoes raw bytes on the upgraded stream.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::pki::Error;
+
+type Body = Either<Either<Full<Bytes>, Incoming>, GrpcBody>;
+
+/// One data frame, then trailers: the shape of a unary gRPC response.
+pub struct GrpcBody {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl hyper::body::Body for GrpcBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(d) = self.data.take() {
+            return std::task::Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        std::task::Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+}
+
+/// A running echo upstream.
+pub struct Echo {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Requests it has received (all paths).
+    pub hits: Arc<AtomicUsize>,
+}
+
+impl Echo {
+    /// Requests received so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// Starts an echo upstream on `bind` (use port 0). With `tls`, serves HTTPS
+/// and picks HTTP/2 or HTTP/1.1 by ALPN; without, plain HTTP/1.1.
+pub async fn start(bind: SocketAddr, name: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Result<Echo, Error> {
+    let listener = TcpListener::bind(bind).await?;
+    let addr = listener.local_addr()?;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let name: Arc<str> = Arc::from(name);
+    let acceptor = tls.map(TlsAcceptor::from);
+    let task_hits = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let _ = tcp.set_nodelay(true);
+            let (hits, name, acceptor) = (task_hits.clone(), name.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    let name = name.clone();
+                    async move { Ok::<_, Infallible>(handle(req, &name).await) }
+                });
+                match acceptor {
+                    Some(acceptor) => {
+                        let Ok(tls) = acceptor.accept(tcp).await else { return };
+                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let io = TokioIo::new(tls);
+                        if h2 {
+                            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, svc).await;
+                        } else {
+                            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).with_upgrades().await;
+                        }
+                    }
+                    None => {
+                        let io = TokioIo::new(tcp);
+                        let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).with_upgrades().await;
+                    }
+                }
+            });
+        }
+    });
+    Ok(Echo { addr, hits })
+}
+
+async fn handle(mut req: Request<Incoming>, name: &str) -> Response<Body> {
+    if req.headers().contains_key(header::UPGRADE) {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut resp = Response::new(Either::Left(Either::Left(Full::new(Bytes::new()))));
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let up = req.headers().get(header::UPGRADE).cloned().unwrap_or(HeaderValue::from_static("websocket"));
+        resp.headers_mut().insert(header::UPGRADE, up);
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        return resp;
+    }
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        trailers.insert("grpc-message", HeaderValue::from_static("ok"));
+        let mut resp = Response::new(Either::Right(GrpcBody {
+            data: Some(body),
+            trailers: Some(trailers),
+        }));
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        return resp;
+    }
+    if req.uri().path() == "/stream" {
+        return Response::new(Either::Left(Either::Right(req.into_body())));
+    }
+    let mut text = String::new();
+    text.push_str(&format!("name: {name}\n"));
+    text.push_str(&format!("method: {}\n", req.method()));
+    text.push_str(&format!("path: {}\n", req.uri().path_and_query().map_or("/", |p| p.as_str())));
+    text.push_str(&format!("version: {:?}\n", req.version()));
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| "-".into());
+    text.push_str(&format!("host: {host}\n"));
+    let mut any = false;
+    for v in req.headers().get_all(header::AUTHORIZATION) {
+        any = true;
+        text.push_str(&format!("authorization: {}\n", v.to_str().unwrap_or("<binary>")));
+    }
+    if !any {
+        text.push_str("authorization: -\n");
+    }
+    for v in req.headers().get_all("x-test") {
+        text.push_str(&format!("x-test: {}\n", v.to_str().unwrap_or("<binary>")));
+    }
+    Response::new(Either::Left(Either::Left(Full::new(Bytes::from(text)))))
+}

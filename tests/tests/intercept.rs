@@ -1,0 +1,314 @@
+//! CONNECT interception against in-process HTTPS upstreams: injection,
+//! replacement, protocol selection (h1, h2, gRPC, upgrades) and refusal when
+//! names disagree or the upstream cannot be verified.
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use lanyard_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const H2: &[u8] = b"h2";
+const H1: &[u8] = b"http/1.1";
+
+/// One upstream `alpha.test` behind an endpoint covering `/api` for GET and POST.
+async fn alpha(world: &World, alpn: &[&[u8]]) -> (lanyard_examples::echo::Echo, Running) {
+    let up = world.upstream("alpha", &["alpha.test"], alpn).await;
+    let yaml = format!(
+        "{}resolve: {{ alpha.test: 127.0.0.1 }}\nendpoints:\n  - {{ name: alpha, host: alpha.test, port: {}, path: /api, methods: [GET, POST], provider: test-static }}\n",
+        world.base_yaml(),
+        up.addr.port()
+    );
+    let p = start(&yaml, world.dir.path()).await;
+    (up, p)
+}
+
+#[tokio::test]
+async fn h1_match_replaces_client_authorization() {
+    let w = World::new();
+    let (up, p) = alpha(&w, &[H2, H1]).await;
+    let auth = format!("alpha.test:{}", up.addr.port());
+    let tls = intercepted(&p, &auth, "alpha.test", &[H1]).await;
+    let mut c = Client::new(tls, false).await;
+    let r = c.send(get("/api/items?q=1", &auth)).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(auth_lines(&r.body), vec![format!("Bearer {TOKEN}").as_str()], "{}", r.body);
+    assert!(r.body.contains("version: HTTP/1.1"));
+    assert!(r.body.contains("path: /api/items?q=1"));
+    // Keep-alive: a second request on the same tunnel reaches the same upstream.
+    let r = c.send(get("/api/second", &auth)).await;
+    assert_eq!(auth_lines(&r.body), vec![format!("Bearer {TOKEN}").as_str()]);
+    assert_eq!(up.hits(), 2);
+}
+
+#[tokio::test]
+async fn h2_match_injects_and_stays_h2() {
+    let w = World::new();
+    let (up, p) = alpha(&w, &[H2, H1]).await;
+    let auth = format!("alpha.test:{}", up.addr.port());
+    let tls = intercepted(&p, &auth, "alpha.test", &[H2, H1]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(H2));
+    let mut c = Client::new(tls, true).await;
+    let uri = format!("https://{auth}/api/x");
+    let req = Request::get(&uri).header("authorization", CLIENT_AUTH).body(Full::new(Bytes::new())).unwrap();
+    // Multiplexed: several streams on one connection, all injected.
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let Client::H2(s) = &c else { unreachable!() };
+        let mut s = s.clone();
+        let req = Request::get(&uri).body(Full::new(Bytes::new())).unwrap();
+        handles.push(tokio::spawn(async move { collect(s.send_request(req).await.unwrap()).await }));
+    }
+    for h in handles {
+        let r = h.await.unwrap();
+        assert_eq!(auth_lines(&r.body), vec![format!("Bearer {TOKEN}").as_str()]);
+        assert!(r.body.contains("version: HTTP/2.0"), "{}", r.body);
+    }
+    let r = c.send(req).await;
+    assert_eq!(auth_lines(&r.body), vec![format!("Bearer {TOKEN}").as_str()]);
+}
+
+#[tokio::test]
+async fn h2_client_to_h1_only_upstream_is_translated() {
+    let w = World::new();
+    let (up, p) = alpha(&w, &[H1]).await;
+    let auth = format!("alpha.test:{}", up.addr.port());
+    // The upstream picks http/1.1, so that is all the agent is offered.
+    let tls = intercepted(&p, &auth, "alpha.test", &[H2, H1]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(H1));
+    let mut c = Client::new(tls, false).await;
+    let r = c.send(get("/api", &auth)).await;
+    assert_eq!(auth_lines(&r.body), vec![format!("Bearer {TOKEN}").as_str()]);
+}
+
+#[tokio::test]
+async fn unmatched_path_or_method_keeps_the_clients_own_header() {
+    let w = World::new();
+    let (up, p) = alpha(&w, &[H1]).await;
+    let auth = format!("alpha.test:{}", up.addr.port());
+    let tls = intercepted(&p, &auth, "alpha.test", &[H1]).await;
+    let mut c = Client::new(tls, false).await;
+    // Outside the prefix: forwarded untouched, the agent's own credential intact.
+    let r = c.send(get("/apix", &auth)).await;
+    assert_eq!(auth_lines(&r.body), vec![CLIENT_AUTH], "{}", r.body);
+    // Method not in the rule.
+    let del = Request::delete("/api/x").header("host", &auth).header("authorization", CLIENT_AUTH).body(Full::new(Bytes::new())).unwrap();
+    let r = c.send(del).await;
+    assert_eq!(auth_lines(&r.body), vec![CLIENT_AUTH]);
+    // Dot segments are resolved before matching and the upstream gets the resolved path.
+    let r = c.send(get("/api/../admin", &auth)).await;
+    assert!(r.body.contains("path: /admin\n"), "{}", r.body);
+    assert_eq!(auth_lines(&r.body), vec![CLIENT_AUTH]);
+    let r = c.send(get("/api/%2e%2e/admin", &auth)).await;
+    assert!(r.body.contains("path: /admin\n"), "{}", r.body);
+    assert_eq!(auth_lines(&r.body), vec![CLIENT_AUTH]);
+    // ...and traversal into the prefix gets injected where the upstream will look.
+    let r = c.send(get("/other//../api/./x", &auth)).await;
+    assert!(r.body.contains("path: /api/x\n"), "{}", r.body);
+    assert_eq!(auth_lines(&r.body), vec![format!("Bearer {TOKEN}").as_str()]);
+    // An encoded slash hiding a dot segment is refused outright.
+    let hits = up.hits();
+    let r = c.send(get("/api/..%2Fadmin", &auth)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("dot segment"), "{}", r.body);
+    assert_eq!(up.hits(), hits);
+}
+
+#[tokio::test]
+async fn several_client_headers_are_replaced_not_merged() {
+    let w = World::new();
+    let (up, p) = alpha(&w, &[H1]).await;
+    let auth = format!("alpha.test:{}", up.addr.port());
+    let mut tls = intercepted(&p, &auth, "alpha.test", &[H1]).await;
+    // Exact bytes: two Authorization fields and odd casing.
+    let req = format!(
+        "GET /api HTTP/1.1\r\nHost: {auth}\r\nAUTHORIZATION: Bearer one\r\nauthorization: Basic two\r\nConnection: close\r\n\r\n"
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tls.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("authorization: ")).collect();
+    assert_eq!(lines, vec![format!("authorization: Bearer {TOKEN}").as_str()], "{out}");
+}
+
+#[tokio::test]
+async fn names_that_disagree_get_421_and_reach_nobody() {
+    let w = World::new();
+    let (up, p) = alpha(&w, &[H2, H1]).await;
+    let auth = format!("alpha.test:{}", up.addr.port());
+
+    // SNI names another host.
+    let (s, resp) = connect(p.addr, &auth).await;
+    assert_eq!(resp.status, 200);
+    // The leaf is for the CONNECT authority, so the client must accept that name to talk at all.
+    let mut store = rustls::RootCertStore::empty();
+    store.add(p.ca.clone()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions().unwrap()
+        .with_root_certificates(store).with_no_client_auth();
+    cfg.alpn_protocols = vec![H1.to_vec()];
+    cfg.dangerous().set_certificate_verifier(std::sync::Arc::new(AcceptAny));
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(rustls_pki_types::ServerName::try_from("evil.test").unwrap(), s)
+        .await
+        .unwrap();
+    let mut c = Client::new(tls, false).await;
+    let r = c.send(get("/api", &auth)).await;
+    assert_eq!(r.status, StatusCode::MISDIRECTED_REQUEST);
+    assert!(r.body.contains("SNI 'evil.test'"), "{}", r.body);
+    assert!(!r.body.contains(TOKEN));
+
+    // Host header names another host.
+    let tls = intercepted(&p, &auth, "alpha.test", &[H1]).await;
+    let mut c = Client::new(tls, false).await;
+    let r = c.send(get("/api", "beta.test")).await;
+    assert_eq!(r.status, StatusCode::MISDIRECTED_REQUEST);
+    assert!(r.body.contains("Host header 'beta.test'"), "{}", r.body);
+    // Same host, other port.
+    let r = c.send(get("/api", "alpha.test:1")).await;
+    assert_eq!(r.status, StatusCode::MISDIRECTED_REQUEST);
+
+    // HTTP/2 :authority names another host.
+    let tls = intercepted(&p, &auth, "alpha.test", &[H2]).await;
+    let mut c = Client::new(tls, true).await;
+    let req = Request::get("https://beta.test/api").body(Full::new(Bytes::new())).unwrap();
+    let r = c.send(req).await;
+    assert_eq!(r.status, StatusCode::MISDIRECTED_REQUEST);
+    assert!(r.body.contains("request authority"), "{}", r.body);
+
+    assert_eq!(up.hits(), 0, "a misdirected request reached the upstream");
+}
+
+#[derive(Debug)]
+struct AcceptAny;
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(&self, _: &rustls_pki_types::CertificateDer<'_>, _: &[rustls_pki_types::CertificateDer<'_>], _: &rustls_pki_types::ServerName<'_>, _: &[u8], _: rustls_pki_types::UnixTime) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(&self, _: &[u8], _: &rustls_pki_types::CertificateDer<'_>, _: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(&self, _: &[u8], _: &rustls_pki_types::CertificateDer<'_>, _: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[tokio::test]
+async fn canonical_names_match_whatever_the_spelling() {
+    let w = World::new();
+    let (up, p) = alpha(&w, &[H1]).await;
+    let port = up.addr.port();
+    let tls = intercepted(&p, &format!("ALPHA.Test.:{port}"), "alpha.test", &[H1]).await;
+    let mut c = Client::new(tls, false).await;
+    let r = c.send(get("/API/../api", &format!("Alpha.TEST:{port}"))).await;
+    assert_eq!(auth_lines(&r.body), vec![format!("Bearer {TOKEN}").as_str()], "{}", r.body);
+}
+
+#[tokio::test]
+async fn untrusted_or_wrong_name_upstream_gets_502_and_no_token() {
+    let w = World::new();
+    let stranger = lanyard_examples::pki::Pki::new("untrusted CA").unwrap();
+    let untrusted = lanyard_examples::echo::start(loopback(), "untrusted", Some(stranger.leaf(&["bad.test"]).unwrap().server_config(&[H1]).unwrap())).await.unwrap();
+    let wrong_name = w.upstream("wrong", &["someone-else.test"], &[H1]).await;
+    let yaml = format!(
+        "{}resolve: {{ bad.test: 127.0.0.1, wrong.test: 127.0.0.1 }}\nendpoints:\n  - {{ name: bad, host: bad.test, port: {}, provider: test-static }}\n  - {{ name: wrong, host: wrong.test, port: {}, provider: test-static }}\n",
+        w.base_yaml(), untrusted.addr.port(), wrong_name.addr.port()
+    );
+    let p = start(&yaml, w.dir.path()).await;
+    for (host, port, why) in [("bad.test", untrusted.addr.port(), "UnknownIssuer"), ("wrong.test", wrong_name.addr.port(), "not valid for name \"wrong.test\"")] {
+        let auth = format!("{host}:{port}");
+        let tls = intercepted(&p, &auth, host, &[H1]).await;
+        let mut c = Client::new(tls, false).await;
+        let r = c.send(get("/", &auth)).await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{host}: {r:?}");
+        assert!(r.body.contains("TLS handshake failed"), "{}", r.body);
+        assert!(r.body.contains(why), "{}", r.body);
+        assert_eq!(r.headers["lanyard-error"], "upstream");
+    }
+    assert_eq!(untrusted.hits() + wrong_name.hits(), 0);
+}
+
+#[tokio::test]
+async fn grpc_over_h2_keeps_trailers() {
+    let w = World::new();
+    let (up, p) = alpha(&w, &[H2, H1]).await;
+    let auth = format!("alpha.test:{}", up.addr.port());
+    let tls = intercepted(&p, &auth, "alpha.test", &[H2]).await;
+    let mut c = Client::new(tls, true).await;
+    // A length-prefixed gRPC message: flag 0, 4-byte big-endian length, payload.
+    let mut msg = vec![0u8, 0, 0, 0, 5];
+    msg.extend_from_slice(b"hello");
+    let req = Request::post(format!("https://{auth}/api/pkg.Service/Method"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from(msg.clone())))
+        .unwrap();
+    let r = c.send(req).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.as_bytes(), &msg[..]);
+    let trailers = r.trailers.expect("gRPC trailers relayed");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["grpc-message"], "ok");
+}
+
+#[tokio::test]
+async fn websocket_upgrade_passes_through() {
+    let w = World::new();
+    let (up, p) = alpha(&w, &[H1]).await;
+    let auth = format!("alpha.test:{}", up.addr.port());
+    let mut tls = intercepted(&p, &auth, "alpha.test", &[H1]).await;
+    let req = format!(
+        "GET /api/ws HTTP/1.1\r\nHost: {auth}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let resp = read_response(&mut tls).await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    assert!(resp.head.to_ascii_lowercase().contains("upgrade: websocket"), "{}", resp.head);
+    for msg in [&b"ping-1"[..], b"second frame of bytes"] {
+        tls.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tls.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, msg);
+    }
+}
+
+#[tokio::test]
+async fn request_bodies_stream_both_ways() {
+    let w = World::new();
+    let (up, p) = alpha(&w, &[H2, H1]).await;
+    let auth = format!("alpha.test:{}", up.addr.port());
+    for h2 in [false, true] {
+        let tls = intercepted(&p, &auth, "alpha.test", if h2 { &[H2] } else { &[H1] }).await;
+        let mut c = Client::new(tls, h2).await;
+        let body = Bytes::from(vec![b'x'; 3 * 1024 * 1024]);
+        let uri = if h2 { format!("https://{auth}/stream") } else { "/stream".to_owned() };
+        let mut req = Request::builder().method(Method::POST).uri(uri);
+        if !h2 {
+            req = req.header("host", &auth);
+        }
+        let r = c.send(req.body(Full::new(body.clone())).unwrap()).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.body.len(), body.len());
+    }
+}
+
+#[tokio::test]
+async fn missing_token_is_a_503_naming_endpoint_and_provider() {
+    let w = World::new();
+    let (up, p) = alpha(&w, &[H1]).await;
+    std::fs::remove_file(&w.token_file).unwrap();
+    let auth = format!("alpha.test:{}", up.addr.port());
+    let tls = intercepted(&p, &auth, "alpha.test", &[H1]).await;
+    let mut c = Client::new(tls, false).await;
+    let r = c.send(get("/api", &auth)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.body.contains("endpoint 'alpha'") && r.body.contains("provider 'test-static'"), "{}", r.body);
+    assert_eq!(up.hits(), 0, "request forwarded without its credential");
+    // Unmatched paths on the same tunnel still work.
+    let r = c.send(get("/public", &auth)).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
