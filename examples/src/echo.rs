@@ -69,7 +69,11 @@ impl Echo {
 
 /// Starts an echo upstream on `bind` (use port 0). With `tls`, serves HTTPS
 /// and picks HTTP/2 or HTTP/1.1 by ALPN; without, plain HTTP/1.1.
-pub async fn start(bind: SocketAddr, name: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Result<Echo, Error> {
+pub async fn start(
+    bind: SocketAddr,
+    name: &str,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<Echo, Error> {
     let listener = TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
     let hits = Arc::new(AtomicUsize::new(0));
@@ -78,7 +82,9 @@ pub async fn start(bind: SocketAddr, name: &str, tls: Option<Arc<rustls::ServerC
     let task_hits = hits.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let (hits, name, acceptor) = (task_hits.clone(), name.clone(), acceptor.clone());
             tokio::spawn(async move {
@@ -89,18 +95,28 @@ pub async fn start(bind: SocketAddr, name: &str, tls: Option<Arc<rustls::ServerC
                 });
                 match acceptor {
                     Some(acceptor) => {
-                        let Ok(tls) = acceptor.accept(tcp).await else { return };
+                        let Ok(tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
                         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                         let io = TokioIo::new(tls);
                         if h2 {
-                            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, svc).await;
+                            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                .serve_connection(io, svc)
+                                .await;
                         } else {
-                            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).with_upgrades().await;
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(io, svc)
+                                .with_upgrades()
+                                .await;
                         }
                     }
                     None => {
                         let io = TokioIo::new(tcp);
-                        let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).with_upgrades().await;
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, svc)
+                            .with_upgrades()
+                            .await;
                     }
                 }
             });
@@ -125,9 +141,14 @@ async fn handle(mut req: Request<Incoming>, name: &str) -> Response<Body> {
         });
         let mut resp = Response::new(Either::Left(Either::Left(Full::new(Bytes::new()))));
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let up = req.headers().get(header::UPGRADE).cloned().unwrap_or(HeaderValue::from_static("websocket"));
+        let up = req
+            .headers()
+            .get(header::UPGRADE)
+            .cloned()
+            .unwrap_or(HeaderValue::from_static("websocket"));
         resp.headers_mut().insert(header::UPGRADE, up);
-        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         return resp;
     }
     let grpc = req
@@ -135,7 +156,12 @@ async fn handle(mut req: Request<Incoming>, name: &str) -> Response<Body> {
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if grpc {
-        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
         trailers.insert("grpc-message", HeaderValue::from_static("ok"));
@@ -143,7 +169,10 @@ async fn handle(mut req: Request<Incoming>, name: &str) -> Response<Body> {
             data: Some(body),
             trailers: Some(trailers),
         }));
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
         return resp;
     }
     if req.uri().path() == "/stream" {
@@ -152,7 +181,10 @@ async fn handle(mut req: Request<Incoming>, name: &str) -> Response<Body> {
     let mut text = String::new();
     text.push_str(&format!("name: {name}\n"));
     text.push_str(&format!("method: {}\n", req.method()));
-    text.push_str(&format!("path: {}\n", req.uri().path_and_query().map_or("/", |p| p.as_str())));
+    text.push_str(&format!(
+        "path: {}\n",
+        req.uri().path_and_query().map_or("/", |p| p.as_str())
+    ));
     text.push_str(&format!("version: {:?}\n", req.version()));
     let host = req
         .headers()
@@ -165,7 +197,10 @@ async fn handle(mut req: Request<Incoming>, name: &str) -> Response<Body> {
     let mut any = false;
     for v in req.headers().get_all(header::AUTHORIZATION) {
         any = true;
-        text.push_str(&format!("authorization: {}\n", v.to_str().unwrap_or("<binary>")));
+        text.push_str(&format!(
+            "authorization: {}\n",
+            v.to_str().unwrap_or("<binary>")
+        ));
     }
     if !any {
         text.push_str("authorization: -\n");

@@ -64,10 +64,12 @@ impl Pki {
     /// A server certificate for `names` (DNS names or IP literals).
     pub fn leaf(&self, names: &[&str]) -> Result<Leaf, Error> {
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.first().copied().unwrap_or("server"));
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())?;
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("server"),
+        );
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Leaf {
             chain: vec![cert.der().clone(), self.ca_der.clone()],
@@ -81,10 +83,14 @@ impl Pki {
 impl Leaf {
     /// A rustls server config presenting this leaf and offering `alpn`.
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, Error> {
-        let mut cfg = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(self.chain.clone(), PrivateKeyDer::Pkcs8(self.key.clone_key()))?;
+        let mut cfg =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_no_client_auth()
+                .with_single_cert(
+                    self.chain.clone(),
+                    PrivateKeyDer::Pkcs8(self.key.clone_key()),
+                )?;
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(cfg))
     }

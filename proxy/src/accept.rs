@@ -42,7 +42,11 @@ pub(crate) fn http1_server(limits: &LimitsConfig) -> http1::Builder {
 }
 
 /// Accepts until `shutdown` resolves, then drains.
-pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> usize {
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> usize {
     let limits = &shared.settings.config.limits;
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
@@ -68,7 +72,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: 
         let _ = stream.set_nodelay(true);
         let conn_shared = shared.clone();
         let span = info_span!("conn", %peer);
-        shared.drain.spawn(move |watch| serve_conn(conn_shared, stream, peer, permit, watch).instrument(span));
+        shared.drain.spawn(move |watch| {
+            serve_conn(conn_shared, stream, peer, permit, watch).instrument(span)
+        });
     }
     drop(listener);
     info!("shutting down: draining connections");
@@ -90,7 +96,13 @@ pub(crate) struct Front {
     pub(crate) plain: Mutex<Option<(Target, SocketAddr, Sender)>>,
 }
 
-async fn serve_conn(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit, mut watch: DrainWatch) {
+async fn serve_conn(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    mut watch: DrainWatch,
+) {
     let limits = &shared.settings.config.limits;
     let io = TokioIo::new(IdleIo::new(stream, limits.idle_timeout));
     let front = Arc::new(Front {
@@ -102,7 +114,9 @@ async fn serve_conn(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, pe
         let f = front.clone();
         async move { Ok::<_, Infallible>(f.handle(req).await) }
     });
-    let conn = http1_server(limits).serve_connection(io, svc).with_upgrades();
+    let conn = http1_server(limits)
+        .serve_connection(io, svc)
+        .with_upgrades();
     tokio::pin!(conn);
     let r = tokio::select! {
         r = conn.as_mut() => r,
@@ -149,10 +163,9 @@ impl Front {
     }
 
     async fn connect(&self, req: Request<Incoming>) -> Result<Response<ResBody>, ProxyError> {
-        let authority = req
-            .uri()
-            .authority()
-            .ok_or_else(|| ProxyError::BadRequest("CONNECT needs an authority (host:port)".into()))?;
+        let authority = req.uri().authority().ok_or_else(|| {
+            ProxyError::BadRequest("CONNECT needs an authority (host:port)".into())
+        })?;
         let target = Target::parse_authority(authority.as_str(), None)
             .map_err(|e| ProxyError::BadRequest(format!("CONNECT authority: {e}")))?;
         let span = info_span!("connect", dest = %target);
@@ -163,14 +176,18 @@ impl Front {
             ConnectPlan::Passthrough => (Purpose::Endpoint, "passthrough"),
             ConnectPlan::Unmatched => match shared.settings.egress.decide(&target) {
                 EgressDecision::Deny(rule) => {
-                    return Err(ProxyError::Denied(format!("CONNECT to {target} denied by {rule}")));
+                    return Err(ProxyError::Denied(format!(
+                        "CONNECT to {target} denied by {rule}"
+                    )));
                 }
                 EgressDecision::Allow(_) => (Purpose::Egress, "tunnel"),
             },
         };
         // Dial before answering 200, so an unreachable destination is a 502 on
         // the CONNECT itself and no byte of the tunnel is relayed.
-        let dialed = relay::dial(shared, &target, purpose).instrument(span.clone()).await?;
+        let dialed = relay::dial(shared, &target, purpose)
+            .instrument(span.clone())
+            .await?;
         info!(parent: &span, mode = how, addr = %dialed.addr, "CONNECT");
         let on_upgrade = hyper::upgrade::on(req);
         let task_shared = shared.clone();
@@ -190,10 +207,10 @@ impl Front {
             }
             .instrument(span)
         });
-        Ok(Response::builder()
+        Response::builder()
             .status(StatusCode::OK)
             .body(Either::Right(Full::new(Bytes::new())))
-            .map_err(|e| ProxyError::Internal(e.to_string()))?)
+            .map_err(|e| ProxyError::Internal(e.to_string()))
     }
 }
 

@@ -127,7 +127,10 @@ impl SandboxCa {
             ca_pem: dir.join("ca.pem"),
             bundle_pem: dir.join("bundle.pem"),
         };
-        for (path, body) in [(&files.ca_pem, self.cert_pem.as_str()), (&files.bundle_pem, &bundle)] {
+        for (path, body) in [
+            (&files.ca_pem, self.cert_pem.as_str()),
+            (&files.bundle_pem, &bundle),
+        ] {
             let tmp = path.with_extension("pem.tmp");
             std::fs::write(&tmp, body).map_err(io(&tmp))?;
             set_mode(&tmp, 0o644).map_err(io(&tmp))?;
@@ -241,7 +244,10 @@ mod tests {
         let cache = CertCache::new(Arc::new(SandboxCa::generate().unwrap()), 4);
         let first = cache.get(&Host::parse("a0.test").unwrap()).await.unwrap();
         for i in 0..10 {
-            cache.get(&Host::parse(&format!("a{i}.test")).unwrap()).await.unwrap();
+            cache
+                .get(&Host::parse(&format!("a{i}.test")).unwrap())
+                .await
+                .unwrap();
         }
         assert!(cache.len().await <= 4);
         assert!(cache.len().await >= 1);
@@ -264,7 +270,8 @@ mod tests {
         ca.mint(&Host::parse("x.test").unwrap()).unwrap();
         let files = ca.write_trust_files(&dir.path().join("out"), &[]).unwrap();
         assert_eq!(std::fs::read_to_string(files.ca_pem).unwrap(), cert.pem());
-        let err = SandboxCa::load(&dir.path().join("c.pem"), &dir.path().join("missing.pem")).unwrap_err();
+        let err = SandboxCa::load(&dir.path().join("c.pem"), &dir.path().join("missing.pem"))
+            .unwrap_err();
         assert!(err.to_string().contains("missing.pem"));
     }
 }

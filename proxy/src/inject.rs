@@ -49,7 +49,11 @@ impl Scheme {
 
 /// Every authority the request names (URI authority or HTTP/2 `:authority`,
 /// and the Host header) must equal `target`; otherwise nothing is injected.
-pub(crate) fn check_names(target: &Target, scheme: Scheme, req: &Request<Incoming>) -> Result<(), ProxyError> {
+pub(crate) fn check_names(
+    target: &Target,
+    scheme: Scheme,
+    req: &Request<Incoming>,
+) -> Result<(), ProxyError> {
     let port = Some(scheme.default_port());
     if let Some(auth) = req.uri().authority() {
         let named = Target::parse_authority(auth.as_str(), port)
@@ -97,7 +101,8 @@ pub(crate) async fn prepare(
         return Err(ProxyError::UriTooLong(limit));
     }
     check_names(target, scheme, &req)?;
-    let path = normalize_path(req.uri().path()).map_err(|e| ProxyError::BadRequest(format!("path: {e}")))?;
+    let path = normalize_path(req.uri().path())
+        .map_err(|e| ProxyError::BadRequest(format!("path: {e}")))?;
     let rule = shared.settings.router.find(target, &path, req.method());
     let upgrade = upgrade_ok && !upstream_h2 && is_upgrade(&req);
     strip_hop_by_hop(req.headers_mut(), upgrade);
@@ -141,8 +146,9 @@ pub(crate) async fn prepare(
         req.headers_mut().remove(header::HOST);
         *req.version_mut() = Version::HTTP_2;
     } else {
-        let host = HeaderValue::from_str(&authority)
-            .map_err(|_| ProxyError::Internal("canonical authority is not a header value".into()))?;
+        let host = HeaderValue::from_str(&authority).map_err(|_| {
+            ProxyError::Internal("canonical authority is not a header value".into())
+        })?;
         req.headers_mut().insert(header::HOST, host);
         *req.version_mut() = Version::HTTP_11;
     }
@@ -155,7 +161,11 @@ pub(crate) async fn prepare(
 
 /// Replaces every client-supplied value of the rule's header with the
 /// provider's credential (invariant 6: replaced, never merged).
-async fn inject(shared: &Shared, rule: &Rule, req: &mut Request<Incoming>) -> Result<(), ProxyError> {
+async fn inject(
+    shared: &Shared,
+    rule: &Rule,
+    req: &mut Request<Incoming>,
+) -> Result<(), ProxyError> {
     let fail = |cause: String| ProxyError::Credential {
         endpoint: rule.name.clone(),
         provider: rule.provider.clone(),

@@ -11,7 +11,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Mutex;
 use tokio::time::{Instant, timeout};
 use tokio_rustls::LazyConfigAcceptor;
@@ -38,9 +38,16 @@ struct Tunnel {
 
 /// Runs an interception on `client` (the upgraded CONNECT stream) towards
 /// `dialed` (the TCP connection Lanyard opened to `target`).
-pub(crate) async fn run(shared: Arc<Shared>, client: Upgraded, target: Target, dialed: Dialed, mut watch: DrainWatch) {
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    client: Upgraded,
+    target: Target,
+    dialed: Dialed,
+    mut watch: DrainWatch,
+) {
     let hs = shared.settings.config.limits.tls_handshake_timeout;
-    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(client));
+    let acceptor =
+        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(client));
     let start = match timeout(hs, acceptor).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return debug!(error = %e, "client sent no usable TLS ClientHello"),
@@ -57,7 +64,13 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Upgraded, target: Target, d
 
     // The upstream sees the agent's own ALPN offer, so whatever it picks (h2
     // for gRPC) can be offered back to the agent unchanged.
-    let upstream = relay::tls_connect(&shared, dialed.stream, &target, shared.upstream_tls.for_offer(&offer)).await;
+    let upstream = relay::tls_connect(
+        &shared,
+        dialed.stream,
+        &target,
+        shared.upstream_tls.for_offer(&offer),
+    )
+    .await;
     let upstream_h2 = matches!(&upstream, Ok(t) if relay::negotiated_h2(t));
     let server_alpn: &[&[u8]] = match (any_alpn, upstream_h2, offer.h1, offer.h2) {
         (false, ..) => &[],
@@ -108,10 +121,12 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Upgraded, target: Target, d
     let io = TokioIo::new(tls);
     let limits = &shared.settings.config.limits;
     let result = if client_h2 {
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .serve_connection(io, svc);
+        let conn = hyper::server::conn::http2::Builder::new(crate::io::SpanExecutor(
+            tracing::Span::current(),
+        ))
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .serve_connection(io, svc);
         tokio::pin!(conn);
         tokio::select! {
             r = conn.as_mut() => r,
@@ -151,7 +166,10 @@ impl Tunnel {
         }
     }
 
-    async fn relay(&self, req: Request<Incoming>) -> Result<(Response<ResBody>, Option<String>), ProxyError> {
+    async fn relay(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<(Response<ResBody>, Option<String>), ProxyError> {
         if let Some(p) = &self.sni_problem {
             return Err(ProxyError::Misdirected(p.clone()));
         }
@@ -168,7 +186,8 @@ impl Tunnel {
                 None => return Err(ProxyError::Internal("h2 sender vanished".into())),
             };
             drop(slot);
-            let p = inject::prepare(shared, &self.target, Scheme::Https, req, true, false, None).await?;
+            let p = inject::prepare(shared, &self.target, Scheme::Https, req, true, false, None)
+                .await?;
             let resp = relay::forward(shared, &mut sender, &self.target, p.req, false).await?;
             return Ok((resp, p.endpoint));
         }
@@ -177,7 +196,16 @@ impl Tunnel {
             // to the same destination, HTTP/1.1 as before.
             *slot = self.redial().await;
         }
-        let p = inject::prepare(shared, &self.target, Scheme::Https, req, false, !self.client_h2, None).await?;
+        let p = inject::prepare(
+            shared,
+            &self.target,
+            Scheme::Https,
+            req,
+            false,
+            !self.client_h2,
+            None,
+        )
+        .await?;
         let sender = slot.as_mut().map_err(|e| e.clone())?;
         let resp = relay::forward(shared, sender, &self.target, p.req, p.upgrade).await?;
         Ok((resp, p.endpoint))
@@ -185,7 +213,13 @@ impl Tunnel {
 
     async fn redial(&self) -> Result<Sender, ProxyError> {
         let dialed = relay::dial(&self.shared, &self.target, Purpose::Endpoint).await?;
-        let tls = relay::tls_connect(&self.shared, dialed.stream, &self.target, self.shared.upstream_tls.h1_only()).await?;
+        let tls = relay::tls_connect(
+            &self.shared,
+            dialed.stream,
+            &self.target,
+            self.shared.upstream_tls.h1_only(),
+        )
+        .await?;
         Sender::handshake(tls, false, &self.target).await
     }
 }

@@ -51,7 +51,10 @@ impl<T> IdleIo<T> {
             }
             let due = *this.last + *this.timeout;
             if due <= Instant::now() {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "connection idle timeout"));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection idle timeout",
+                ));
             }
             this.sleep.as_mut().reset(due);
         }
@@ -133,6 +136,22 @@ impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.project().inner.poll_shutdown(cx))?;
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Spawns hyper's HTTP/2 stream tasks inside the connection's span, so each
+/// request's log line names its peer and destination.
+#[derive(Debug, Clone)]
+pub struct SpanExecutor(pub tracing::Span);
+
+impl<F> hyper::rt::Executor<F> for SpanExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        use tracing::Instrument;
+        tokio::spawn(fut.instrument(self.0.clone()));
     }
 }
 

@@ -85,12 +85,18 @@ impl Proxy {
     /// Creates or loads the sandbox CA, writes the agent's trust files, builds
     /// upstream TLS and binds the listener. `sources` maps provider names to
     /// token sources; every endpoint's provider must be present.
-    pub async fn bind(settings: Settings, sources: HashMap<String, Arc<dyn TokenSource>>) -> Result<Self, StartError> {
+    pub async fn bind(
+        settings: Settings,
+        sources: HashMap<String, Arc<dyn TokenSource>>,
+    ) -> Result<Self, StartError> {
         for r in settings.router.rules() {
             if !sources.contains_key(&r.provider) {
                 return Err(ConfigError::new(
                     "providers",
-                    format!("endpoint '{}' needs provider '{}', which is not running", r.name, r.provider),
+                    format!(
+                        "endpoint '{}' needs provider '{}', which is not running",
+                        r.name, r.provider
+                    ),
                 )
                 .into());
             }
@@ -105,7 +111,10 @@ impl Proxy {
         let upstream_tls = tls::UpstreamTls::new(&cfg.upstream_tls, &system)?;
         let listener = TcpListener::bind(cfg.listen)
             .await
-            .map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
+            .map_err(|source| StartError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
         let ca_pem = ca.cert_pem().to_owned();
         let certs = CertCache::new(Arc::new(ca), cfg.limits.cert_cache_size);
         Ok(Proxy {

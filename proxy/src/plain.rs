@@ -41,17 +41,21 @@ pub(crate) async fn forward(
                 _ => Purpose::Endpoint,
             }
         }
-        ConnectPlan::Passthrough | ConnectPlan::Unmatched => match shared.settings.egress.decide(&target) {
-            EgressDecision::Deny(rule) => {
-                return Err(ProxyError::Denied(format!("request to {target} denied by {rule}")));
+        ConnectPlan::Passthrough | ConnectPlan::Unmatched => {
+            match shared.settings.egress.decide(&target) {
+                EgressDecision::Deny(rule) => {
+                    return Err(ProxyError::Denied(format!(
+                        "request to {target} denied by {rule}"
+                    )));
+                }
+                EgressDecision::Allow(_) => {
+                    // RFC 9112 §3.2.2: a proxy uses the absolute-form authority and
+                    // ignores Host. Nothing is injected here, so no check is needed.
+                    req.headers_mut().remove(header::HOST);
+                    Purpose::Egress
+                }
             }
-            EgressDecision::Allow(_) => {
-                // RFC 9112 §3.2.2: a proxy uses the absolute-form authority and
-                // ignores Host. Nothing is injected here, so no check is needed.
-                req.headers_mut().remove(header::HOST);
-                Purpose::Egress
-            }
-        },
+        }
     };
     let mut slot = front.plain.lock().await;
     let reusable = matches!(&*slot, Some((t, _, s)) if *t == target && !s.is_closed());
@@ -63,7 +67,9 @@ pub(crate) async fn forward(
         *slot = Some((target.clone(), addr, sender));
     }
     let Some((_, addr, sender)) = slot.as_mut() else {
-        return Err(ProxyError::Internal("upstream slot empty after dial".into()));
+        return Err(ProxyError::Internal(
+            "upstream slot empty after dial".into(),
+        ));
     };
     let p = inject::prepare(shared, &target, Scheme::Http, req, false, true, Some(*addr)).await?;
     let resp = relay::forward(shared, sender, &target, p.req, p.upgrade).await?;

@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderName, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -45,7 +45,11 @@ pub(crate) struct Dialed {
 }
 
 /// Resolves (pinned names first) and connects, trying each address in turn.
-pub(crate) async fn dial(shared: &Shared, target: &Target, purpose: Purpose) -> Result<Dialed, ProxyError> {
+pub(crate) async fn dial(
+    shared: &Shared,
+    target: &Target,
+    purpose: Purpose,
+) -> Result<Dialed, ProxyError> {
     let limits = &shared.settings.config.limits;
     let dest = target.to_string();
     let (addrs, pinned): (Vec<IpAddr>, bool) = match &target.host {
@@ -53,23 +57,30 @@ pub(crate) async fn dial(shared: &Shared, target: &Target, purpose: Purpose) -> 
         Host::Name(n) => match shared.settings.resolve.get(&target.host) {
             Some(ip) => (vec![*ip], true),
             None => {
-                let found = timeout(limits.connect_timeout, tokio::net::lookup_host((n.as_str(), target.port)))
-                    .await
-                    .map_err(|_| ProxyError::UpstreamTimeout {
-                        dest: dest.clone(),
-                        phase: "dns",
-                        after_ms: limits.connect_timeout.as_millis(),
-                    })?
-                    .map_err(|e| ProxyError::Upstream {
-                        dest: dest.clone(),
-                        reason: format!("cannot resolve: {e}"),
-                    })?;
+                let found = timeout(
+                    limits.connect_timeout,
+                    tokio::net::lookup_host((n.as_str(), target.port)),
+                )
+                .await
+                .map_err(|_| ProxyError::UpstreamTimeout {
+                    dest: dest.clone(),
+                    phase: "dns",
+                    after_ms: limits.connect_timeout.as_millis(),
+                })?
+                .map_err(|e| ProxyError::Upstream {
+                    dest: dest.clone(),
+                    reason: format!("cannot resolve: {e}"),
+                })?;
                 (found.map(|a| a.ip()).collect(), false)
             }
         },
     };
-    let addrs = if purpose == Purpose::Egress && !pinned && !shared.settings.egress.allow_private_addresses {
-        let (public, private): (Vec<IpAddr>, Vec<IpAddr>) = addrs.into_iter().partition(|ip| !is_non_public(*ip));
+    let addrs = if purpose == Purpose::Egress
+        && !pinned
+        && !shared.settings.egress.allow_private_addresses
+    {
+        let (public, private): (Vec<IpAddr>, Vec<IpAddr>) =
+            addrs.into_iter().partition(|ip| !is_non_public(*ip));
         if public.is_empty() && !private.is_empty() {
             let list: Vec<String> = private.iter().map(IpAddr::to_string).collect();
             return Err(ProxyError::Denied(format!(
@@ -81,12 +92,12 @@ pub(crate) async fn dial(shared: &Shared, target: &Target, purpose: Purpose) -> 
     } else {
         addrs
     };
-    if let Purpose::CleartextEndpoint(why) = purpose {
-        if let Some(ip) = addrs.iter().find(|ip| !ip.is_loopback()) {
-            return Err(ProxyError::Denied(format!(
-                "{why}: {dest} resolves to {ip}, which is not loopback; use https:// or set allow_cleartext on the endpoint"
-            )));
-        }
+    if let Purpose::CleartextEndpoint(why) = purpose
+        && let Some(ip) = addrs.iter().find(|ip| !ip.is_loopback())
+    {
+        return Err(ProxyError::Denied(format!(
+            "{why}: {dest} resolves to {ip}, which is not loopback; use https:// or set allow_cleartext on the endpoint"
+        )));
     }
     let mut last = String::from("no addresses");
     for ip in addrs {
@@ -166,11 +177,12 @@ impl Sender {
         };
         let io = TokioIo::new(io);
         if h2 {
-            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .handshake(io)
-                .await
-                .map_err(fail)?;
+            let (sender, conn) =
+                http2::Builder::new(crate::io::SpanExecutor(tracing::Span::current()))
+                    .timer(TokioTimer::new())
+                    .handshake(io)
+                    .await
+                    .map_err(fail)?;
             tokio::spawn(
                 async move {
                     if let Err(e) = conn.await {
@@ -238,11 +250,13 @@ impl Sender {
                 }
             }
         };
-        timeout(limit, fut).await.map_err(|_| ProxyError::UpstreamTimeout {
-            dest: dest.to_string(),
-            phase: "response headers",
-            after_ms: limit.as_millis(),
-        })?
+        timeout(limit, fut)
+            .await
+            .map_err(|_| ProxyError::UpstreamTimeout {
+                dest: dest.to_string(),
+                phase: "response headers",
+                after_ms: limit.as_millis(),
+            })?
     }
 }
 
@@ -272,7 +286,10 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     let te_trailers = h
         .get(header::TE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     for n in named {
         h.remove(n);
     }
@@ -284,11 +301,12 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     if te_trailers {
         h.insert(header::TE, http::HeaderValue::from_static("trailers"));
     }
-    if keep_upgrade {
-        if let Some(u) = upgrade {
-            h.insert(header::UPGRADE, u);
-            h.insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
-        }
+    if keep_upgrade && let Some(u) = upgrade {
+        h.insert(header::UPGRADE, u);
+        h.insert(
+            header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
     }
 }
 
@@ -312,7 +330,11 @@ pub(crate) async fn forward(
                 let (c, u) = tokio::join!(client_upgrade, upstream_upgrade);
                 match (c, u) {
                     (Ok(c), Ok(u)) => splice(TokioIo::new(c), TokioIo::new(u)).await,
-                    (c, u) => debug!(client_ok = c.is_ok(), upstream_ok = u.is_ok(), "upgrade abandoned"),
+                    (c, u) => debug!(
+                        client_ok = c.is_ok(),
+                        upstream_ok = u.is_ok(),
+                        "upgrade abandoned"
+                    ),
                 }
             }
             .instrument(span)

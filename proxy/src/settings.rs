@@ -57,7 +57,11 @@ impl Settings {
                     format!(
                         "unknown provider '{}' (defined: {})",
                         rule.provider,
-                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
                     ),
                 ));
             }
@@ -67,8 +71,8 @@ impl Settings {
         let egress = EgressPolicy::new(&config.egress)?;
         let mut resolve = HashMap::new();
         for (name, ip) in &config.resolve {
-            let host = Host::parse(name)
-                .map_err(|r| ConfigError::new(format!("resolve.{name}"), r))?;
+            let host =
+                Host::parse(name).map_err(|r| ConfigError::new(format!("resolve.{name}"), r))?;
             if matches!(host, Host::Ip(_)) {
                 return Err(ConfigError::new(
                     format!("resolve.{name}"),
@@ -96,7 +100,10 @@ fn check_limits(l: &LimitsConfig) -> Result<(), ConfigError> {
     let field = |f: &str| format!("limits.{f}");
     // hyper refuses read buffers under 8 KiB.
     if l.max_header_bytes < 8192 {
-        return Err(ConfigError::new(field("max_header_bytes"), "must be at least 8192"));
+        return Err(ConfigError::new(
+            field("max_header_bytes"),
+            "must be at least 8192",
+        ));
     }
     if l.max_request_line == 0 || l.max_request_line > l.max_header_bytes {
         return Err(ConfigError::new(
@@ -113,7 +120,10 @@ fn check_limits(l: &LimitsConfig) -> Result<(), ConfigError> {
         }
     }
     if l.cert_cache_size == 0 {
-        return Err(ConfigError::new(field("cert_cache_size"), "must be at least 1"));
+        return Err(ConfigError::new(
+            field("cert_cache_size"),
+            "must be at least 1",
+        ));
     }
     for (name, d) in [
         ("header_read_timeout", l.header_read_timeout),

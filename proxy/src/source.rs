@@ -58,10 +58,10 @@ impl StaticSource {
             .state
             .lock()
             .map_err(|_| SourceError("token file state poisoned".into()))?;
-        if let Some((old, secret)) = guard.as_ref() {
-            if *old == stamp {
-                return Ok(secret.clone());
-            }
+        if let Some((old, secret)) = guard.as_ref()
+            && *old == stamp
+        {
+            return Ok(secret.clone());
         }
         let secret = read_token(&self.path)?;
         *guard = Some((stamp, secret.clone()));
@@ -97,7 +97,10 @@ fn read_token(path: &Path) -> Result<Secret, SourceError> {
         .map_err(|_| SourceError(format!("token file {} is not UTF-8", path.display())))?;
     let token = text.trim();
     if token.is_empty() {
-        return Err(SourceError(format!("token file {} is empty", path.display())));
+        return Err(SourceError(format!(
+            "token file {} is empty",
+            path.display()
+        )));
     }
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(SourceError(format!(

@@ -4,13 +4,15 @@
 
 use std::sync::Arc;
 
+use rustls::RootCertStore;
 use rustls::client::ClientConfig;
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, ServerSessionMemoryCache, StoresServerSessions};
+use rustls::server::{
+    ClientHello, ResolvesServerCert, ServerConfig, ServerSessionMemoryCache, StoresServerSessions,
+};
 use rustls::sign::CertifiedKey;
-use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 
 use crate::config::UpstreamTlsConfig;
 use crate::settings::ConfigError;
@@ -45,7 +47,10 @@ pub fn system_roots() -> Vec<CertificateDer<'static>> {
 
 impl UpstreamTls {
     /// Builds the upstream trust from config; `system` is the OS root store.
-    pub fn new(cfg: &UpstreamTlsConfig, system: &[CertificateDer<'static>]) -> Result<Self, ConfigError> {
+    pub fn new(
+        cfg: &UpstreamTlsConfig,
+        system: &[CertificateDer<'static>],
+    ) -> Result<Self, ConfigError> {
         let mut roots = RootCertStore::empty();
         if cfg.webpki_roots {
             roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -61,7 +66,10 @@ impl UpstreamTls {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| ConfigError::new(&field, format!("{}: {e}", path.display())))?;
             if certs.is_empty() {
-                return Err(ConfigError::new(&field, format!("{}: no PEM certificate found", path.display())));
+                return Err(ConfigError::new(
+                    &field,
+                    format!("{}: no PEM certificate found", path.display()),
+                ));
             }
             for c in certs {
                 roots
@@ -70,7 +78,10 @@ impl UpstreamTls {
             }
         }
         if roots.is_empty() {
-            return Err(ConfigError::new("upstream_tls", "no trusted roots: enable system_roots or webpki_roots, or add extra_ca_files"));
+            return Err(ConfigError::new(
+                "upstream_tls",
+                "no trusted roots: enable system_roots or webpki_roots, or add extra_ca_files",
+            ));
         }
         let roots = Arc::new(roots);
         let base = ClientConfig::builder_with_provider(provider())
@@ -160,7 +171,11 @@ impl Default for ServerTls {
 
 impl ServerTls {
     /// A server config presenting `cert` and offering exactly `alpn`.
-    pub fn config(&self, cert: Arc<CertifiedKey>, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, rustls::Error> {
+    pub fn config(
+        &self,
+        cert: Arc<CertifiedKey>,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<ServerConfig>, rustls::Error> {
         let mut c = ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
 use crate::Error;
+use crate::config::Config;
 
 /// Lanyard: short-lived, endpoint-scoped credentials for sandboxed agents,
 /// injected by an egress proxy the agent cannot bypass.
@@ -47,7 +47,10 @@ pub fn run(cli: Cli) -> i32 {
         },
         Command::Proxy { config } => {
             crate::logging::init();
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => return report(&Error::Start(format!("cannot start runtime: {e}"))),
             };

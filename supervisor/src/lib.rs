@@ -49,13 +49,16 @@ pub fn start_providers(
             field: format!("providers.{name}"),
             reason,
         })?;
-        let source: Arc<dyn TokenSource> = match kind {
-            ProviderKind::Static(s) => Arc::new(StaticSource::new(&s.token_file).map_err(|e| ConfigFileError {
-                file: file.display().to_string(),
-                field: format!("providers.{name}.static.token_file"),
-                reason: e.0,
-            })?),
-        };
+        let source: Arc<dyn TokenSource> =
+            match kind {
+                ProviderKind::Static(s) => Arc::new(StaticSource::new(&s.token_file).map_err(
+                    |e| ConfigFileError {
+                        file: file.display().to_string(),
+                        field: format!("providers.{name}.static.token_file"),
+                        reason: e.0,
+                    },
+                )?),
+            };
         out.insert(name.clone(), source);
     }
     Ok(out)

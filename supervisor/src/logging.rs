@@ -10,13 +10,18 @@ pub fn init() {
     let spec = std::env::var("LANYARD_LOG").unwrap_or_else(|_| "info".into());
     let (filter, bad) = match spec.parse::<Targets>() {
         Ok(t) => (t, None),
-        Err(e) => (Targets::new().with_default(tracing::Level::INFO), Some(e.to_string())),
+        Err(e) => (
+            Targets::new().with_default(tracing::Level::INFO),
+            Some(e.to_string()),
+        ),
     };
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_target(false);
-    let _ = tracing_subscriber::registry().with(fmt.with_filter(filter)).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .try_init();
     if let Some(e) = bad {
         tracing::warn!(error = %e, "LANYARD_LOG is not a valid filter; using info");
     }

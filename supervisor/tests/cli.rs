@@ -1,6 +1,12 @@
 //! The `lanyard` binary as a user runs it: `check` exit codes and messages,
 //! and `proxy` serving a real curl over HTTP/1.1 and HTTP/2.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "integration tests: a panic is a failed assertion"
+)]
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -27,40 +33,83 @@ fn base(dir: &Path, upstream_ca: &Path, port: u16) -> String {
 #[test]
 fn check_exit_codes_and_messages() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = write(dir.path(), "up.pem", &lanyard_examples::pki::Pki::new("x").unwrap().ca_pem().to_owned());
+    let ca = write(
+        dir.path(),
+        "up.pem",
+        lanyard_examples::pki::Pki::new("x").unwrap().ca_pem(),
+    );
     let good = write(dir.path(), "good.yaml", &base(dir.path(), &ca, 8443));
-    let out = Command::new(LANYARD).args(["check", "--config"]).arg(&good).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(LANYARD)
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let cases = [
         ("port: 8443", "port: 70000", "endpoints[0].port"),
         ("egress:", "egres:", "unknown field `egres`"),
-        ("provider: demo }", "provider: ghost }", "endpoints[0].provider: unknown provider 'ghost'"),
-        ("path: /api,", "path: /api, methods: [FETCH CAT],", "endpoints[0].methods[0]"),
+        (
+            "provider: demo }",
+            "provider: ghost }",
+            "endpoints[0].provider: unknown provider 'ghost'",
+        ),
+        (
+            "path: /api,",
+            "path: /api, methods: [FETCH CAT],",
+            "endpoints[0].methods[0]",
+        ),
         ("alpha.test: 127.0.0.1", "alpha.test: not-an-ip", "resolve"),
     ];
     for (from, to, want) in cases {
         let text = base(dir.path(), &ca, 8443).replace(from, to);
         let f = write(dir.path(), "bad.yaml", &text);
-        let out = Command::new(LANYARD).args(["check", "--config"]).arg(&f).output().unwrap();
+        let out = Command::new(LANYARD)
+            .args(["check", "--config"])
+            .arg(&f)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{to}: {err}");
-        assert!(err.contains(&format!("{}: ", f.display())), "file not named: {err}");
+        assert!(
+            err.contains(&format!("{}: ", f.display())),
+            "file not named: {err}"
+        );
         assert!(err.contains(want), "{to}: wanted {want:?} in {err}");
     }
     // A missing token file and a missing trust file are config errors too.
-    let text = base(dir.path(), &ca, 8443).replace(&dir.path().join("token").display().to_string(), "/nonexistent/token");
+    let text = base(dir.path(), &ca, 8443).replace(
+        &dir.path().join("token").display().to_string(),
+        "/nonexistent/token",
+    );
     let f = write(dir.path(), "bad.yaml", &text);
-    let out = Command::new(LANYARD).args(["check", "--config"]).arg(&f).output().unwrap();
+    let out = Command::new(LANYARD)
+        .args(["check", "--config"])
+        .arg(&f)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("providers.demo.static.token_file"));
-    let text = base(dir.path(), &ca, 8443).replace(&ca.display().to_string(), "/nonexistent/ca.pem");
+    let text =
+        base(dir.path(), &ca, 8443).replace(&ca.display().to_string(), "/nonexistent/ca.pem");
     let f = write(dir.path(), "bad.yaml", &text);
-    let out = Command::new(LANYARD).args(["proxy", "--config"]).arg(&f).output().unwrap();
+    let out = Command::new(LANYARD)
+        .args(["proxy", "--config"])
+        .arg(&f)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("upstream_tls.extra_ca_files[0]"));
     // Unreadable config file.
-    let out = Command::new(LANYARD).args(["check", "--config", "/nonexistent.yaml"]).output().unwrap();
+    let out = Command::new(LANYARD)
+        .args(["check", "--config", "/nonexistent.yaml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
 }
 
@@ -80,25 +129,50 @@ impl Proxy {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_owned();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
         Proxy { child, addr }
     }
 
     /// SIGTERM, then the exit status and everything logged.
     fn stop(mut self) -> (Option<i32>, String) {
         let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
         let status = self.child.wait().unwrap();
         let mut logs = String::new();
-        self.child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut logs)
+            .unwrap();
         (status.code(), logs)
     }
 }
 
 fn curl(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new("curl").args(["-sS", "--max-time", "20"]).args(args).output().expect("curl must be installed (.ci/run installs it)");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl must be installed (.ci/run installs it)");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -107,30 +181,71 @@ fn curl_through_the_binary_gets_its_token_injected() {
     let dir = tempfile::tempdir().unwrap();
     let pki = lanyard_examples::pki::Pki::new("upstream CA").unwrap();
     let up_ca = write(dir.path(), "up.pem", pki.ca_pem());
-    let cfg = pki.leaf(&["alpha.test"]).unwrap().server_config(&[b"h2", b"http/1.1"]).unwrap();
-    let up = rt.block_on(lanyard_examples::echo::start("127.0.0.1:0".parse().unwrap(), "alpha", Some(cfg))).unwrap();
+    let cfg = pki
+        .leaf(&["alpha.test"])
+        .unwrap()
+        .server_config(&[b"h2", b"http/1.1"])
+        .unwrap();
+    let up = rt
+        .block_on(lanyard_examples::echo::start(
+            "127.0.0.1:0".parse().unwrap(),
+            "alpha",
+            Some(cfg),
+        ))
+        .unwrap();
     let port = up.addr.port();
     let config = write(dir.path(), "lanyard.yaml", &base(dir.path(), &up_ca, port));
     let proxy = Proxy::start(&config);
     let ca_pem = dir.path().join("ca/ca.pem");
     let bundle = dir.path().join("ca/bundle.pem");
-    assert!(std::fs::read_to_string(&bundle).unwrap().contains(&std::fs::read_to_string(&ca_pem).unwrap()));
+    assert!(
+        std::fs::read_to_string(&bundle)
+            .unwrap()
+            .contains(&std::fs::read_to_string(&ca_pem).unwrap())
+    );
     let proxy_url = format!("http://{}", proxy.addr);
     let url = format!("https://alpha.test:{port}/api/hello");
 
-    for (version, want) in [("--http1.1", "version: HTTP/1.1"), ("--http2", "version: HTTP/2.0")] {
-        let (code, out, err) = curl(&[version, "--proxy", &proxy_url, "--cacert", ca_pem.to_str().unwrap(), "-H", "Authorization: Bearer agent-own", &url]);
+    for (version, want) in [
+        ("--http1.1", "version: HTTP/1.1"),
+        ("--http2", "version: HTTP/2.0"),
+    ] {
+        let (code, out, err) = curl(&[
+            version,
+            "--proxy",
+            &proxy_url,
+            "--cacert",
+            ca_pem.to_str().unwrap(),
+            "-H",
+            "Authorization: Bearer agent-own",
+            &url,
+        ]);
         assert_eq!(code, 0, "curl {version}: {err}");
-        assert!(out.contains(&format!("authorization: Bearer {TOKEN}\n")), "{out}");
+        assert!(
+            out.contains(&format!("authorization: Bearer {TOKEN}\n")),
+            "{out}"
+        );
         assert!(!out.contains("agent-own"), "client header merged: {out}");
         assert!(out.contains(want), "{out}");
     }
     // The combined bundle works as the agent's only trust store too.
-    let (code, out, err) = curl(&["--proxy", &proxy_url, "--cacert", bundle.to_str().unwrap(), &url]);
+    let (code, out, err) = curl(&[
+        "--proxy",
+        &proxy_url,
+        "--cacert",
+        bundle.to_str().unwrap(),
+        &url,
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(TOKEN));
     // A destination no rule allows: curl reports the proxy's 403.
-    let (code, _, err) = curl(&["--proxy", &proxy_url, "--cacert", ca_pem.to_str().unwrap(), "https://denied.test/"]);
+    let (code, _, err) = curl(&[
+        "--proxy",
+        &proxy_url,
+        "--cacert",
+        ca_pem.to_str().unwrap(),
+        "https://denied.test/",
+    ]);
     assert_eq!(code, 56, "{err}");
     assert!(err.contains("403"), "{err}");
 

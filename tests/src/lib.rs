@@ -2,6 +2,13 @@
 //! from YAML (through the same config path as the binary), and talk to it as
 //! a client would, over real sockets and real TLS.
 
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::missing_panics_doc,
+    reason = "test support: a failed expectation is a failed test"
+)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,7 +54,12 @@ impl World {
         pki.write_ca(&upstream_ca).expect("write ca");
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token");
-        Self { dir, pki, upstream_ca, token_file }
+        Self {
+            dir,
+            pki,
+            upstream_ca,
+            token_file,
+        }
     }
 
     /// A leaf from the upstream PKI.
@@ -59,7 +71,9 @@ impl World {
     /// offering `alpn`.
     pub async fn upstream(&self, name: &str, names: &[&str], alpn: &[&[u8]]) -> Echo {
         let cfg = self.leaf(names).server_config(alpn).expect("server config");
-        echo::start(loopback(), name, Some(cfg)).await.expect("echo")
+        echo::start(loopback(), name, Some(cfg))
+            .await
+            .expect("echo")
     }
 
     /// The config header every test shares: listener, CA dir, trust, the
@@ -128,7 +142,9 @@ impl Drop for Running {
 
 /// Parses `yaml` as `lanyard.yaml` in `dir` and starts the proxy.
 pub async fn start(yaml: &str, dir: &Path) -> Running {
-    try_start(yaml, dir).await.unwrap_or_else(|e| panic!("proxy failed to start: {e}"))
+    try_start(yaml, dir)
+        .await
+        .unwrap_or_else(|e| panic!("proxy failed to start: {e}"))
 }
 
 /// Like [`start`], returning the error instead of panicking.
@@ -144,7 +160,13 @@ pub async fn try_start(yaml: &str, dir: &Path) -> Result<Running, lanyard_superv
     let join = tokio::spawn(proxy.serve(async move {
         let _ = rx.await;
     }));
-    Ok(Running { addr, ca, ca_file, stop: Some(tx), join: Some(join) })
+    Ok(Running {
+        addr,
+        ca,
+        ca_file,
+        stop: Some(tx),
+        join: Some(join),
+    })
 }
 
 /// An HTTP response head and body read off a raw stream.
@@ -165,7 +187,11 @@ pub async fn read_response<S: AsyncRead + Unpin>(io: &mut S) -> RawResponse {
     // Byte at a time so nothing after the head (tunnel bytes) is consumed.
     while !buf.ends_with(b"\r\n\r\n") {
         let n = io.read(&mut byte).await.expect("read head");
-        assert!(n > 0, "connection closed mid-head: {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "connection closed mid-head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&buf).into_owned();
@@ -178,12 +204,17 @@ pub async fn read_response<S: AsyncRead + Unpin>(io: &mut S) -> RawResponse {
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
         })
         .unwrap_or(0);
     let mut body = vec![0u8; len];
     io.read_exact(&mut body).await.expect("read body");
-    RawResponse { status, head, body: String::from_utf8_lossy(&body).into_owned() }
+    RawResponse {
+        status,
+        head,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
 }
 
 /// Sends `CONNECT authority` and reads the proxy's answer.
@@ -207,21 +238,32 @@ pub async fn tls<S: AsyncRead + AsyncWrite + Unpin>(
     for r in roots {
         store.add(r.clone()).expect("root");
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(store)
-        .with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(store)
+    .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let name = ServerName::try_from(sni.to_owned()).expect("server name");
-    tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, io).await
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, io)
+        .await
 }
 
 /// CONNECT through the proxy and complete TLS towards the sandbox CA.
-pub async fn intercepted(p: &Running, authority: &str, sni: &str, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+pub async fn intercepted(
+    p: &Running,
+    authority: &str,
+    sni: &str,
+    alpn: &[&[u8]],
+) -> TlsStream<TcpStream> {
     let (s, resp) = connect(p.addr, authority).await;
     assert_eq!(resp.status, 200, "CONNECT {authority}: {resp:?}");
-    tls(s, sni, alpn, std::slice::from_ref(&p.ca)).await.expect("TLS to the proxy")
+    tls(s, sni, alpn, std::slice::from_ref(&p.ca))
+        .await
+        .expect("TLS to the proxy")
 }
 
 /// A collected response.
@@ -250,11 +292,15 @@ impl Client {
     pub async fn new<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: S, h2: bool) -> Self {
         let io = TokioIo::new(io);
         if h2 {
-            let (s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.expect("h2 handshake");
+            let (s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .expect("h2 handshake");
             tokio::spawn(c);
             Client::H2(s)
         } else {
-            let (s, c) = hyper::client::conn::http1::handshake(io).await.expect("h1 handshake");
+            let (s, c) = hyper::client::conn::http1::handshake(io)
+                .await
+                .expect("h1 handshake");
             tokio::spawn(c.with_upgrades());
             Client::H1(s)
         }
@@ -267,7 +313,10 @@ impl Client {
     }
 
     /// Sends and returns the response with its body unread.
-    pub async fn send_raw(&mut self, req: Request<Full<Bytes>>) -> http::Response<hyper::body::Incoming> {
+    pub async fn send_raw(
+        &mut self,
+        req: Request<Full<Bytes>>,
+    ) -> http::Response<hyper::body::Incoming> {
         match self {
             Client::H1(s) => {
                 s.ready().await.expect("ready");
@@ -305,5 +354,7 @@ pub fn get(uri: &str, host: &str) -> Request<Full<Bytes>> {
 
 /// The `authorization:` lines an echo upstream reported.
 pub fn auth_lines(body: &str) -> Vec<&str> {
-    body.lines().filter_map(|l| l.strip_prefix("authorization: ")).collect()
+    body.lines()
+        .filter_map(|l| l.strip_prefix("authorization: "))
+        .collect()
 }

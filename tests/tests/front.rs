@@ -1,6 +1,12 @@
 //! The front end: egress policy and blind tunnels, plain-HTTP forwarding with
 //! the cleartext rule, bad clients, and graceful shutdown.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "integration tests: a panic is a failed assertion"
+)]
+
 use std::time::Duration;
 
 use lanyard_tests::*;
@@ -12,23 +18,39 @@ const H1: &[u8] = b"http/1.1";
 /// Reads until EOF or `limit` (a bound on a hung proxy, not a synchronisation point).
 async fn read_all(s: &mut (impl tokio::io::AsyncRead + Unpin), limit: Duration) -> String {
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(limit, s.read_to_end(&mut out)).await.expect("proxy never closed the connection");
+    let _ = tokio::time::timeout(limit, s.read_to_end(&mut out))
+        .await
+        .expect("proxy never closed the connection");
     String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test]
 async fn connect_to_denied_host_is_403_naming_the_rule() {
     let w = World::new();
-    let yaml = format!("{}egress: {{ default: deny, allow: [\"*.pypi.org:443\"], deny: [\"evil.pypi.org:*\"] }}\n", w.base_yaml());
+    let yaml = format!(
+        "{}egress: {{ default: deny, allow: [\"*.pypi.org:443\"], deny: [\"evil.pypi.org:*\"] }}\n",
+        w.base_yaml()
+    );
     let p = start(&yaml, w.dir.path()).await;
     let (mut s, r) = connect(p.addr, "example.test:443").await;
     assert_eq!(r.status, 403, "{r:?}");
-    assert!(r.body.contains("CONNECT to example.test:443 denied by egress.default: deny"), "{}", r.body);
+    assert!(
+        r.body
+            .contains("CONNECT to example.test:443 denied by egress.default: deny"),
+        "{}",
+        r.body
+    );
     // Nothing was tunnelled: the proxy keeps speaking HTTP on this connection.
-    s.write_all(b"CONNECT evil.pypi.org:443 HTTP/1.1\r\nHost: evil.pypi.org:443\r\n\r\n").await.unwrap();
+    s.write_all(b"CONNECT evil.pypi.org:443 HTTP/1.1\r\nHost: evil.pypi.org:443\r\n\r\n")
+        .await
+        .unwrap();
     let r = read_response(&mut s).await;
     assert_eq!(r.status, 403);
-    assert!(r.body.contains("egress.deny[0] 'evil.pypi.org:*'"), "{}", r.body);
+    assert!(
+        r.body.contains("egress.deny[0] 'evil.pypi.org:*'"),
+        "{}",
+        r.body
+    );
 }
 
 #[tokio::test]
@@ -46,7 +68,9 @@ async fn allowed_unmatched_host_is_a_blind_tunnel_without_injection() {
     assert_eq!(r.status, 200);
     // The agent's TLS reaches the real server: it verifies with the upstream CA, not the sandbox CA.
     let upstream_root = w.pki.ca_der().clone();
-    let tls = tls(s, "tunnel.test", &[H1], &[upstream_root]).await.expect("end-to-end TLS through the tunnel");
+    let tls = tls(s, "tunnel.test", &[H1], &[upstream_root])
+        .await
+        .expect("end-to-end TLS through the tunnel");
     let mut c = Client::new(tls, false).await;
     let r = c.send(get("/", &auth)).await;
     assert_eq!(auth_lines(&r.body), vec![CLIENT_AUTH]);
@@ -58,7 +82,10 @@ async fn unpinned_private_destinations_are_refused() {
     let up = w.upstream("local", &["localhost"], &[H1]).await;
     let yaml = format!("{}egress: {{ default: allow }}\n", w.base_yaml());
     let p = start(&yaml, w.dir.path()).await;
-    for auth in [format!("127.0.0.1:{}", up.addr.port()), format!("localhost:{}", up.addr.port())] {
+    for auth in [
+        format!("127.0.0.1:{}", up.addr.port()),
+        format!("localhost:{}", up.addr.port()),
+    ] {
         let (_s, r) = connect(p.addr, &auth).await;
         assert_eq!(r.status, 403, "{auth}: {r:?}");
         assert!(r.body.contains("non-public"), "{}", r.body);
@@ -69,7 +96,9 @@ async fn unpinned_private_destinations_are_refused() {
 #[tokio::test]
 async fn plain_http_injects_only_to_loopback() {
     let w = World::new();
-    let up = lanyard_examples::echo::start(loopback(), "plain", None).await.unwrap();
+    let up = lanyard_examples::echo::start(loopback(), "plain", None)
+        .await
+        .unwrap();
     let port = up.addr.port();
     let yaml = format!(
         "{}resolve: {{ plain.test: 127.0.0.1, remote.test: 192.0.2.10 }}\nendpoints:\n  - {{ name: plain, host: plain.test, port: {port}, provider: test-static }}\n  - {{ name: remote, host: remote.test, port: 80, provider: test-static }}\negress: {{ default: allow }}\n",
@@ -77,23 +106,36 @@ async fn plain_http_injects_only_to_loopback() {
     );
     let p = start(&yaml, w.dir.path()).await;
     let mut s = TcpStream::connect(p.addr).await.unwrap();
-    let req = format!("GET http://plain.test:{port}/x HTTP/1.1\r\nHost: plain.test:{port}\r\nAuthorization: {CLIENT_AUTH}\r\n\r\n");
+    let req = format!(
+        "GET http://plain.test:{port}/x HTTP/1.1\r\nHost: plain.test:{port}\r\nAuthorization: {CLIENT_AUTH}\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let r = read_response(&mut s).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(auth_lines(&r.body), vec![format!("Bearer {TOKEN}").as_str()]);
+    assert_eq!(
+        auth_lines(&r.body),
+        vec![format!("Bearer {TOKEN}").as_str()]
+    );
     // Keep-alive on the same client connection.
     s.write_all(req.as_bytes()).await.unwrap();
     assert_eq!(read_response(&mut s).await.status, 200);
 
     // A non-loopback upstream over cleartext is refused before any connection is made.
-    s.write_all(b"GET http://remote.test/x HTTP/1.1\r\nHost: remote.test\r\n\r\n").await.unwrap();
+    s.write_all(b"GET http://remote.test/x HTTP/1.1\r\nHost: remote.test\r\n\r\n")
+        .await
+        .unwrap();
     let r = read_response(&mut s).await;
     assert_eq!(r.status, 403, "{r:?}");
-    assert!(r.body.contains("192.0.2.10, which is not loopback"), "{}", r.body);
+    assert!(
+        r.body.contains("192.0.2.10, which is not loopback"),
+        "{}",
+        r.body
+    );
 
     // https:// in absolute form is not a thing a proxy should re-originate silently.
-    s.write_all(b"GET https://plain.test/ HTTP/1.1\r\nHost: plain.test\r\n\r\n").await.unwrap();
+    s.write_all(b"GET https://plain.test/ HTTP/1.1\r\nHost: plain.test\r\n\r\n")
+        .await
+        .unwrap();
     let r = read_response(&mut s).await;
     assert_eq!(r.status, 400);
     assert!(r.body.contains("through CONNECT"), "{}", r.body);
@@ -125,7 +167,9 @@ async fn bad_clients_get_clear_errors_and_others_keep_working() {
 
     // ...a malformed request line gets 400...
     let mut bad = TcpStream::connect(p.addr).await.unwrap();
-    bad.write_all(b"GARBAGE\x01 / HTTP/9\r\n\r\n").await.unwrap();
+    bad.write_all(b"GARBAGE\x01 / HTTP/9\r\n\r\n")
+        .await
+        .unwrap();
     let out = read_all(&mut bad, Duration::from_secs(10)).await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out:?}");
 
@@ -146,7 +190,10 @@ async fn bad_clients_get_clear_errors_and_others_keep_working() {
 
     // ...and a well-behaved client is served meanwhile.
     let r = c.send(get("/ok", &auth)).await;
-    assert_eq!(auth_lines(&r.body), vec![format!("Bearer {TOKEN}").as_str()]);
+    assert_eq!(
+        auth_lines(&r.body),
+        vec![format!("Bearer {TOKEN}").as_str()]
+    );
 
     // The slow client is cut off by header_read_timeout.
     let out = read_all(&mut slow, Duration::from_secs(20)).await;
@@ -188,7 +235,11 @@ async fn shutdown_drains_in_flight_requests() {
     tls.write_all(b"world").await.unwrap();
     let rest = read_all(&mut tls, Duration::from_secs(20)).await;
     assert!(rest.ends_with("helloworld"), "{rest:?}");
-    assert_eq!(serve.await.unwrap(), 0, "a connection was cut although it finished in time");
+    assert_eq!(
+        serve.await.unwrap(),
+        0,
+        "a connection was cut although it finished in time"
+    );
 }
 
 #[tokio::test]

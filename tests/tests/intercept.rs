@@ -2,6 +2,12 @@
 //! replacement, protocol selection (h1, h2, gRPC, upgrades) and refusal when
 //! names disagree or the upstream cannot be verified.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "integration tests: a panic is a failed assertion"
+)]
+
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
@@ -32,12 +38,20 @@ async fn h1_match_replaces_client_authorization() {
     let mut c = Client::new(tls, false).await;
     let r = c.send(get("/api/items?q=1", &auth)).await;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
-    assert_eq!(auth_lines(&r.body), vec![format!("Bearer {TOKEN}").as_str()], "{}", r.body);
+    assert_eq!(
+        auth_lines(&r.body),
+        vec![format!("Bearer {TOKEN}").as_str()],
+        "{}",
+        r.body
+    );
     assert!(r.body.contains("version: HTTP/1.1"));
     assert!(r.body.contains("path: /api/items?q=1"));
     // Keep-alive: a second request on the same tunnel reaches the same upstream.
     let r = c.send(get("/api/second", &auth)).await;
-    assert_eq!(auth_lines(&r.body), vec![format!("Bearer {TOKEN}").as_str()]);
+    assert_eq!(
+        auth_lines(&r.body),
+        vec![format!("Bearer {TOKEN}").as_str()]
+    );
     assert_eq!(up.hits(), 2);
 }
 
@@ -50,22 +64,33 @@ async fn h2_match_injects_and_stays_h2() {
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(H2));
     let mut c = Client::new(tls, true).await;
     let uri = format!("https://{auth}/api/x");
-    let req = Request::get(&uri).header("authorization", CLIENT_AUTH).body(Full::new(Bytes::new())).unwrap();
+    let req = Request::get(&uri)
+        .header("authorization", CLIENT_AUTH)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     // Multiplexed: several streams on one connection, all injected.
     let mut handles = Vec::new();
     for _ in 0..8 {
         let Client::H2(s) = &c else { unreachable!() };
         let mut s = s.clone();
         let req = Request::get(&uri).body(Full::new(Bytes::new())).unwrap();
-        handles.push(tokio::spawn(async move { collect(s.send_request(req).await.unwrap()).await }));
+        handles.push(tokio::spawn(async move {
+            collect(s.send_request(req).await.unwrap()).await
+        }));
     }
     for h in handles {
         let r = h.await.unwrap();
-        assert_eq!(auth_lines(&r.body), vec![format!("Bearer {TOKEN}").as_str()]);
+        assert_eq!(
+            auth_lines(&r.body),
+            vec![format!("Bearer {TOKEN}").as_str()]
+        );
         assert!(r.body.contains("version: HTTP/2.0"), "{}", r.body);
     }
     let r = c.send(req).await;
-    assert_eq!(auth_lines(&r.body), vec![format!("Bearer {TOKEN}").as_str()]);
+    assert_eq!(
+        auth_lines(&r.body),
+        vec![format!("Bearer {TOKEN}").as_str()]
+    );
 }
 
 #[tokio::test]
@@ -78,7 +103,10 @@ async fn h2_client_to_h1_only_upstream_is_translated() {
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(H1));
     let mut c = Client::new(tls, false).await;
     let r = c.send(get("/api", &auth)).await;
-    assert_eq!(auth_lines(&r.body), vec![format!("Bearer {TOKEN}").as_str()]);
+    assert_eq!(
+        auth_lines(&r.body),
+        vec![format!("Bearer {TOKEN}").as_str()]
+    );
 }
 
 #[tokio::test]
@@ -92,7 +120,11 @@ async fn unmatched_path_or_method_keeps_the_clients_own_header() {
     let r = c.send(get("/apix", &auth)).await;
     assert_eq!(auth_lines(&r.body), vec![CLIENT_AUTH], "{}", r.body);
     // Method not in the rule.
-    let del = Request::delete("/api/x").header("host", &auth).header("authorization", CLIENT_AUTH).body(Full::new(Bytes::new())).unwrap();
+    let del = Request::delete("/api/x")
+        .header("host", &auth)
+        .header("authorization", CLIENT_AUTH)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let r = c.send(del).await;
     assert_eq!(auth_lines(&r.body), vec![CLIENT_AUTH]);
     // Dot segments are resolved before matching and the upstream gets the resolved path.
@@ -105,7 +137,10 @@ async fn unmatched_path_or_method_keeps_the_clients_own_header() {
     // ...and traversal into the prefix gets injected where the upstream will look.
     let r = c.send(get("/other//../api/./x", &auth)).await;
     assert!(r.body.contains("path: /api/x\n"), "{}", r.body);
-    assert_eq!(auth_lines(&r.body), vec![format!("Bearer {TOKEN}").as_str()]);
+    assert_eq!(
+        auth_lines(&r.body),
+        vec![format!("Bearer {TOKEN}").as_str()]
+    );
     // An encoded slash hiding a dot segment is refused outright.
     let hits = up.hits();
     let r = c.send(get("/api/..%2Fadmin", &auth)).await;
@@ -128,8 +163,15 @@ async fn several_client_headers_are_replaced_not_merged() {
     let mut out = String::new();
     tls.read_to_string(&mut out).await.unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("authorization: ")).collect();
-    assert_eq!(lines, vec![format!("authorization: Bearer {TOKEN}").as_str()], "{out}");
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("authorization: "))
+        .collect();
+    assert_eq!(
+        lines,
+        vec![format!("authorization: Bearer {TOKEN}").as_str()],
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -144,13 +186,21 @@ async fn names_that_disagree_get_421_and_reach_nobody() {
     // The leaf is for the CONNECT authority, so the client must accept that name to talk at all.
     let mut store = rustls::RootCertStore::empty();
     store.add(p.ca.clone()).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions().unwrap()
-        .with_root_certificates(store).with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(store)
+    .with_no_client_auth();
     cfg.alpn_protocols = vec![H1.to_vec()];
-    cfg.dangerous().set_certificate_verifier(std::sync::Arc::new(AcceptAny));
+    cfg.dangerous()
+        .set_certificate_verifier(std::sync::Arc::new(AcceptAny));
     let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect(rustls_pki_types::ServerName::try_from("evil.test").unwrap(), s)
+        .connect(
+            rustls_pki_types::ServerName::try_from("evil.test").unwrap(),
+            s,
+        )
         .await
         .unwrap();
     let mut c = Client::new(tls, false).await;
@@ -172,7 +222,9 @@ async fn names_that_disagree_get_421_and_reach_nobody() {
     // HTTP/2 :authority names another host.
     let tls = intercepted(&p, &auth, "alpha.test", &[H2]).await;
     let mut c = Client::new(tls, true).await;
-    let req = Request::get("https://beta.test/api").body(Full::new(Bytes::new())).unwrap();
+    let req = Request::get("https://beta.test/api")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let r = c.send(req).await;
     assert_eq!(r.status, StatusCode::MISDIRECTED_REQUEST);
     assert!(r.body.contains("request authority"), "{}", r.body);
@@ -183,17 +235,36 @@ async fn names_that_disagree_get_421_and_reach_nobody() {
 #[derive(Debug)]
 struct AcceptAny;
 impl rustls::client::danger::ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(&self, _: &rustls_pki_types::CertificateDer<'_>, _: &[rustls_pki_types::CertificateDer<'_>], _: &rustls_pki_types::ServerName<'_>, _: &[u8], _: rustls_pki_types::UnixTime) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, _: &[u8], _: &rustls_pki_types::CertificateDer<'_>, _: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
         Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
     }
-    fn verify_tls13_signature(&self, _: &[u8], _: &rustls_pki_types::CertificateDer<'_>, _: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
         Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -204,22 +275,50 @@ async fn canonical_names_match_whatever_the_spelling() {
     let port = up.addr.port();
     let tls = intercepted(&p, &format!("ALPHA.Test.:{port}"), "alpha.test", &[H1]).await;
     let mut c = Client::new(tls, false).await;
-    let r = c.send(get("/API/../api", &format!("Alpha.TEST:{port}"))).await;
-    assert_eq!(auth_lines(&r.body), vec![format!("Bearer {TOKEN}").as_str()], "{}", r.body);
+    let r = c
+        .send(get("/API/../api", &format!("Alpha.TEST:{port}")))
+        .await;
+    assert_eq!(
+        auth_lines(&r.body),
+        vec![format!("Bearer {TOKEN}").as_str()],
+        "{}",
+        r.body
+    );
 }
 
 #[tokio::test]
 async fn untrusted_or_wrong_name_upstream_gets_502_and_no_token() {
     let w = World::new();
     let stranger = lanyard_examples::pki::Pki::new("untrusted CA").unwrap();
-    let untrusted = lanyard_examples::echo::start(loopback(), "untrusted", Some(stranger.leaf(&["bad.test"]).unwrap().server_config(&[H1]).unwrap())).await.unwrap();
+    let untrusted = lanyard_examples::echo::start(
+        loopback(),
+        "untrusted",
+        Some(
+            stranger
+                .leaf(&["bad.test"])
+                .unwrap()
+                .server_config(&[H1])
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
     let wrong_name = w.upstream("wrong", &["someone-else.test"], &[H1]).await;
     let yaml = format!(
         "{}resolve: {{ bad.test: 127.0.0.1, wrong.test: 127.0.0.1 }}\nendpoints:\n  - {{ name: bad, host: bad.test, port: {}, provider: test-static }}\n  - {{ name: wrong, host: wrong.test, port: {}, provider: test-static }}\n",
-        w.base_yaml(), untrusted.addr.port(), wrong_name.addr.port()
+        w.base_yaml(),
+        untrusted.addr.port(),
+        wrong_name.addr.port()
     );
     let p = start(&yaml, w.dir.path()).await;
-    for (host, port, why) in [("bad.test", untrusted.addr.port(), "UnknownIssuer"), ("wrong.test", wrong_name.addr.port(), "not valid for name \"wrong.test\"")] {
+    for (host, port, why) in [
+        ("bad.test", untrusted.addr.port(), "UnknownIssuer"),
+        (
+            "wrong.test",
+            wrong_name.addr.port(),
+            "not valid for name \"wrong.test\"",
+        ),
+    ] {
         let auth = format!("{host}:{port}");
         let tls = intercepted(&p, &auth, host, &[H1]).await;
         let mut c = Client::new(tls, false).await;
@@ -267,7 +366,13 @@ async fn websocket_upgrade_passes_through() {
     tls.write_all(req.as_bytes()).await.unwrap();
     let resp = read_response(&mut tls).await;
     assert_eq!(resp.status, 101, "{resp:?}");
-    assert!(resp.head.to_ascii_lowercase().contains("upgrade: websocket"), "{}", resp.head);
+    assert!(
+        resp.head
+            .to_ascii_lowercase()
+            .contains("upgrade: websocket"),
+        "{}",
+        resp.head
+    );
     for msg in [&b"ping-1"[..], b"second frame of bytes"] {
         tls.write_all(msg).await.unwrap();
         let mut back = vec![0u8; msg.len()];
@@ -285,7 +390,11 @@ async fn request_bodies_stream_both_ways() {
         let tls = intercepted(&p, &auth, "alpha.test", if h2 { &[H2] } else { &[H1] }).await;
         let mut c = Client::new(tls, h2).await;
         let body = Bytes::from(vec![b'x'; 3 * 1024 * 1024]);
-        let uri = if h2 { format!("https://{auth}/stream") } else { "/stream".to_owned() };
+        let uri = if h2 {
+            format!("https://{auth}/stream")
+        } else {
+            "/stream".to_owned()
+        };
         let mut req = Request::builder().method(Method::POST).uri(uri);
         if !h2 {
             req = req.header("host", &auth);
@@ -306,7 +415,11 @@ async fn missing_token_is_a_503_naming_endpoint_and_provider() {
     let mut c = Client::new(tls, false).await;
     let r = c.send(get("/api", &auth)).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(r.body.contains("endpoint 'alpha'") && r.body.contains("provider 'test-static'"), "{}", r.body);
+    assert!(
+        r.body.contains("endpoint 'alpha'") && r.body.contains("provider 'test-static'"),
+        "{}",
+        r.body
+    );
     assert_eq!(up.hits(), 0, "request forwarded without its credential");
     // Unmatched paths on the same tunnel still work.
     let r = c.send(get("/public", &auth)).await;

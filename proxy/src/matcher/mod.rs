@@ -141,8 +141,12 @@ impl Rule {
             }
             Some(ms)
         };
-        let header = HeaderName::from_bytes(c.header.as_bytes())
-            .map_err(|_| err("header", format!("'{}' is not a valid header name", c.header)))?;
+        let header = HeaderName::from_bytes(c.header.as_bytes()).map_err(|_| {
+            err(
+                "header",
+                format!("'{}' is not a valid header name", c.header),
+            )
+        })?;
         if is_hop_by_hop(&header) || header == http::header::HOST {
             return Err(err(
                 "header",
@@ -245,7 +249,7 @@ impl Router {
         }
         let mut rules = rules;
         // Stable: equal keys never overlap (checked above), so order among them is moot.
-        rules.sort_by(|a, b| b.specificity().cmp(&a.specificity()));
+        rules.sort_by_key(|r| std::cmp::Reverse(r.specificity()));
         Ok(Router { rules })
     }
 

@@ -25,7 +25,10 @@ fn router(eps: &[EndpointConfig]) -> Result<Router, ConfigError> {
 }
 
 fn t(host: &str, port: u16) -> Target {
-    Target { host: Host::parse(host).unwrap(), port }
+    Target {
+        host: Host::parse(host).unwrap(),
+        port,
+    }
 }
 
 #[test]
@@ -49,13 +52,33 @@ fn most_specific_wins() {
         ep("posts", "api.example.com", 443, "/v1/admin", &["POST"]),
     ])
     .unwrap();
-    let name = |h: &str, path: &str, m: Method| r.find(&t(h, 443), path, &m).map(|r| r.name.clone());
-    assert_eq!(name("x.example.com", "/", Method::GET).as_deref(), Some("wild"));
-    assert_eq!(name("api.example.com", "/v2", Method::GET).as_deref(), Some("exact"));
-    assert_eq!(name("api.example.com", "/v1/admin/x", Method::GET).as_deref(), Some("deep"));
-    assert_eq!(name("api.example.com", "/v1/admin", Method::POST).as_deref(), Some("posts"));
-    assert_eq!(name("api.example.com", "/v1/administrator", Method::GET).as_deref(), Some("exact"));
-    assert_eq!(r.find(&t("api.example.com", 8443), "/", &Method::GET).map(|r| &r.name), None);
+    let name =
+        |h: &str, path: &str, m: Method| r.find(&t(h, 443), path, &m).map(|r| r.name.clone());
+    assert_eq!(
+        name("x.example.com", "/", Method::GET).as_deref(),
+        Some("wild")
+    );
+    assert_eq!(
+        name("api.example.com", "/v2", Method::GET).as_deref(),
+        Some("exact")
+    );
+    assert_eq!(
+        name("api.example.com", "/v1/admin/x", Method::GET).as_deref(),
+        Some("deep")
+    );
+    assert_eq!(
+        name("api.example.com", "/v1/admin", Method::POST).as_deref(),
+        Some("posts")
+    );
+    assert_eq!(
+        name("api.example.com", "/v1/administrator", Method::GET).as_deref(),
+        Some("exact")
+    );
+    assert_eq!(
+        r.find(&t("api.example.com", 8443), "/", &Method::GET)
+            .map(|r| &r.name),
+        None
+    );
 }
 
 #[test]
@@ -68,9 +91,21 @@ fn equal_specificity_overlap_is_refused() {
     assert_eq!(e.field, "endpoints[1]");
     assert!(e.reason.contains("overlaps 'a'"), "{}", e.reason);
     // Same shape but disjoint methods, ports or paths is fine.
-    router(&[ep("a", "api.test", 443, "/v1", &["GET"]), ep("b", "api.test", 443, "/v1", &["POST"])]).unwrap();
-    router(&[ep("a", "api.test", 443, "/v1", &[]), ep("b", "api.test", 8443, "/v1", &[])]).unwrap();
-    router(&[ep("a", "api.test", 443, "/v1", &[]), ep("b", "api.test", 443, "/v2", &[])]).unwrap();
+    router(&[
+        ep("a", "api.test", 443, "/v1", &["GET"]),
+        ep("b", "api.test", 443, "/v1", &["POST"]),
+    ])
+    .unwrap();
+    router(&[
+        ep("a", "api.test", 443, "/v1", &[]),
+        ep("b", "api.test", 8443, "/v1", &[]),
+    ])
+    .unwrap();
+    router(&[
+        ep("a", "api.test", 443, "/v1", &[]),
+        ep("b", "api.test", 443, "/v2", &[]),
+    ])
+    .unwrap();
 }
 
 #[test]
@@ -82,7 +117,11 @@ fn bad_rules_name_their_field() {
     let mut bad = ep("a", "a.test", 443, "/", &[]);
     bad.header = "Connection".into();
     assert_eq!(router(&[bad]).unwrap_err().field, "endpoints[0].header");
-    let e = router(&[ep("a", "a.test", 443, "/", &[]), ep("a", "b.test", 443, "/", &[])]).unwrap_err();
+    let e = router(&[
+        ep("a", "a.test", 443, "/", &[]),
+        ep("a", "b.test", 443, "/", &[]),
+    ])
+    .unwrap_err();
     assert_eq!(e.field, "endpoints[1].name");
 }
 
@@ -91,9 +130,18 @@ fn connect_plan_follows_most_specific_host() {
     let mut pass = ep("pass", "cdn.example.com", 443, "/", &[]);
     pass.tls = TlsMode::Passthrough;
     let r = router(&[ep("wild", "*.example.com", 443, "/", &[]), pass]).unwrap();
-    assert_eq!(r.connect_plan(&t("api.example.com", 443)), ConnectPlan::Intercept);
-    assert_eq!(r.connect_plan(&t("cdn.example.com", 443)), ConnectPlan::Passthrough);
-    assert_eq!(r.connect_plan(&t("example.com", 443)), ConnectPlan::Unmatched);
+    assert_eq!(
+        r.connect_plan(&t("api.example.com", 443)),
+        ConnectPlan::Intercept
+    );
+    assert_eq!(
+        r.connect_plan(&t("cdn.example.com", 443)),
+        ConnectPlan::Passthrough
+    );
+    assert_eq!(
+        r.connect_plan(&t("example.com", 443)),
+        ConnectPlan::Unmatched
+    );
 }
 
 #[test]
@@ -105,17 +153,42 @@ fn egress_lists_and_default() {
         allow_private_addresses: false,
     })
     .unwrap();
-    assert!(matches!(p.decide(&t("x.pypi.org", 443)), EgressDecision::Allow(r) if r.contains("allow[0]")));
-    assert!(matches!(p.decide(&t("x.pypi.org", 80)), EgressDecision::Deny(r) if r.contains("default")));
-    assert!(matches!(p.decide(&t("files.test", 9)), EgressDecision::Allow(_)));
-    assert!(matches!(p.decide(&t("evil.pypi.org", 443)), EgressDecision::Deny(r) if r.contains("deny[0]")));
-    let e = EgressPolicy::new(&EgressConfig { allow: vec!["nope".into()], ..Default::default() }).unwrap_err();
+    assert!(
+        matches!(p.decide(&t("x.pypi.org", 443)), EgressDecision::Allow(r) if r.contains("allow[0]"))
+    );
+    assert!(
+        matches!(p.decide(&t("x.pypi.org", 80)), EgressDecision::Deny(r) if r.contains("default"))
+    );
+    assert!(matches!(
+        p.decide(&t("files.test", 9)),
+        EgressDecision::Allow(_)
+    ));
+    assert!(
+        matches!(p.decide(&t("evil.pypi.org", 443)), EgressDecision::Deny(r) if r.contains("deny[0]"))
+    );
+    let e = EgressPolicy::new(&EgressConfig {
+        allow: vec!["nope".into()],
+        ..Default::default()
+    })
+    .unwrap_err();
     assert_eq!(e.field, "egress.allow[0]");
 }
 
 #[test]
 fn non_public_ranges() {
-    for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1", "0.0.0.0"] {
+    for ip in [
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "::1",
+        "fd00::1",
+        "fe80::1",
+        "::ffff:127.0.0.1",
+        "0.0.0.0",
+    ] {
         assert!(is_non_public(ip.parse().unwrap()), "{ip}");
     }
     for ip in ["1.1.1.1", "93.184.216.34", "2606:4700::1111"] {

@@ -200,9 +200,7 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
         return Err(PathError::HiddenDotSegment);
     }
 
-    let trailing = decoded.ends_with('/')
-        || decoded.ends_with("/.")
-        || decoded.ends_with("/..");
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
     let mut path = String::with_capacity(decoded.len());
     for seg in &out {
         path.push('/');

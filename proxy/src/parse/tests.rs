@@ -2,13 +2,22 @@ use super::*;
 
 #[test]
 fn hosts_are_canonical() {
-    assert_eq!(Host::parse("Alpha.TEST.").unwrap(), Host::Name("alpha.test".into()));
+    assert_eq!(
+        Host::parse("Alpha.TEST.").unwrap(),
+        Host::Name("alpha.test".into())
+    );
     assert_eq!(
         Host::parse("bücher.example").unwrap(),
         Host::Name("xn--bcher-kva.example".into())
     );
-    assert_eq!(Host::parse("[::1]").unwrap(), Host::Ip("::1".parse().unwrap()));
-    assert_eq!(Host::parse("127.0.0.1").unwrap(), Host::Ip("127.0.0.1".parse().unwrap()));
+    assert_eq!(
+        Host::parse("[::1]").unwrap(),
+        Host::Ip("::1".parse().unwrap())
+    );
+    assert_eq!(
+        Host::parse("127.0.0.1").unwrap(),
+        Host::Ip("127.0.0.1".parse().unwrap())
+    );
     for bad in ["", "a..b", "a b", "-[x", "[::1", "exa mple.com"] {
         assert!(Host::parse(bad).is_err(), "{bad:?} accepted");
     }
@@ -20,7 +29,10 @@ fn authorities() {
     assert_eq!(t.to_string(), "alpha.test:8443");
     let t = Target::parse_authority("[::1]:443", None).unwrap();
     assert_eq!(t.to_string(), "[::1]:443");
-    assert_eq!(Target::parse_authority("a.test", Some(80)).unwrap().port, 80);
+    assert_eq!(
+        Target::parse_authority("a.test", Some(80)).unwrap().port,
+        80
+    );
     assert!(Target::parse_authority("a.test", None).is_err());
     assert!(Target::parse_authority("a.test:0", None).is_err());
     assert!(Target::parse_authority("a.test:99999", None).is_err());
@@ -55,8 +67,17 @@ fn paths_refused() {
     assert_eq!(normalize_path("a"), Err(PathError::NotAbsolute));
     assert_eq!(normalize_path("/a%zz"), Err(PathError::BadEscape));
     assert_eq!(normalize_path("/a%2"), Err(PathError::BadEscape));
-    for raw in ["/api/..%2Fadmin", "/api/..%2fadmin", "/api/%2e%2e%5Cadmin", "/api/..\\admin"] {
-        assert_eq!(normalize_path(raw), Err(PathError::HiddenDotSegment), "{raw}");
+    for raw in [
+        "/api/..%2Fadmin",
+        "/api/..%2fadmin",
+        "/api/%2e%2e%5Cadmin",
+        "/api/..\\admin",
+    ] {
+        assert_eq!(
+            normalize_path(raw),
+            Err(PathError::HiddenDotSegment),
+            "{raw}"
+        );
     }
 }
 

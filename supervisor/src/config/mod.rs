@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use lanyard_proxy::config::{CaConfig, EgressConfig, EndpointConfig, LimitsConfig, UpstreamTlsConfig};
+use lanyard_proxy::config::{
+    CaConfig, EgressConfig, EndpointConfig, LimitsConfig, UpstreamTlsConfig,
+};
 use lanyard_proxy::{ConfigError, ProxyConfig, Settings};
 use serde::Deserialize;
 
@@ -125,7 +127,11 @@ impl Config {
                 .strip_prefix("missing field `")
                 .and_then(|r| r.split('`').next())
             {
-                field = if field == "." { name.to_owned() } else { format!("{field}.{name}") };
+                field = if field == "." {
+                    name.to_owned()
+                } else {
+                    format!("{field}.{name}")
+                };
             }
             if field == "." {
                 field = "(top level)".into();
@@ -136,10 +142,18 @@ impl Config {
 
     /// Validates everything that can be checked without side effects and
     /// splits the config into proxy settings and providers.
-    pub fn validate(self, path: &Path) -> Result<(Settings, BTreeMap<String, ProviderConfig>), ConfigFileError> {
+    pub fn validate(
+        self,
+        path: &Path,
+    ) -> Result<(Settings, BTreeMap<String, ProviderConfig>), ConfigFileError> {
         for (name, p) in &self.providers {
-            p.kind().map_err(|r| ConfigFileError::new(path, format!("providers.{name}"), r))?;
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            p.kind()
+                .map_err(|r| ConfigFileError::new(path, format!("providers.{name}"), r))?;
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
                 return Err(ConfigFileError::new(
                     path,
                     format!("providers.{name}"),
@@ -157,7 +171,8 @@ impl Config {
             egress: self.egress,
             limits: self.limits,
         };
-        let settings = Settings::build(proxy, &names).map_err(|e| ConfigFileError::from_field(path, e))?;
+        let settings =
+            Settings::build(proxy, &names).map_err(|e| ConfigFileError::from_field(path, e))?;
         Ok((settings, self.providers))
     }
 }

@@ -27,7 +27,10 @@ fn the_documented_shape_parses() {
     let p = Path::new(FILE);
     let (settings, providers) = Config::parse(GOOD, p).unwrap().validate(p).unwrap();
     assert_eq!(settings.router.rules().len(), 1);
-    assert!(matches!(providers["demo-static"].kind(), Ok(ProviderKind::Static(_))));
+    assert!(matches!(
+        providers["demo-static"].kind(),
+        Ok(ProviderKind::Static(_))
+    ));
     let e = err(&GOOD.replace("{ static: { token_file: /run/secrets/token } }", "{}"));
     assert_eq!(e.field, "providers.demo-static");
     assert_eq!(settings.config.limits.max_headers, 100);
@@ -38,7 +41,11 @@ fn errors_name_file_field_and_reason() {
     let e = err(&GOOD.replace("port: 8443", "port: 99999"));
     assert_eq!(e.file, FILE);
     assert_eq!(e.field, "endpoints[0].port");
-    assert!(e.reason.contains("99999") || e.reason.contains("u16"), "{}", e.reason);
+    assert!(
+        e.reason.contains("99999") || e.reason.contains("u16"),
+        "{}",
+        e.reason
+    );
 
     let e = err(&GOOD.replace("egress:", "egres:"));
     assert!(e.reason.contains("unknown field `egres`"), "{e}");
