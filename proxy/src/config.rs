@@ -124,6 +124,17 @@ pub struct EndpointConfig {
     /// Allow injecting over plain HTTP to a non-loopback upstream.
     #[serde(default)]
     pub allow_cleartext: bool,
+    /// Audience of the token for this endpoint, overriding the provider's.
+    /// The proxy passes it to the provider; a provider that cannot scope
+    /// tokens refuses it at load time.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Scopes of the token for this endpoint, overriding the provider's.
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// Audience of the JWT-SVID itself (for `grant: jwt_svid`), overriding the provider's.
+    #[serde(default)]
+    pub jwt_svid_audience: Option<String>,
 }
 
 fn default_port() -> u16 {

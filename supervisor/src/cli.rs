@@ -33,6 +33,27 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Development tools. Never for production.
+    #[command(subcommand)]
+    Dev(DevCommand),
+}
+
+/// `lanyard dev ...`.
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// A development SPIFFE Workload API that mints JWT-SVIDs for one SPIFFE ID
+    /// with a local key. No attestation: anything that can open the socket gets the identity.
+    WorkloadApi {
+        /// Unix socket path to serve on.
+        #[arg(long)]
+        socket: PathBuf,
+        /// The SPIFFE ID to issue (spiffe://trust-domain/path).
+        #[arg(long)]
+        spiffe_id: String,
+        /// SVID lifetime (e.g. 300s, 5m).
+        #[arg(long, default_value = "5m", value_parser = lanyard_proxy::config::parse_duration)]
+        ttl: std::time::Duration,
+    },
 }
 
 /// Runs a parsed command line; returns the process exit status.
@@ -45,21 +66,57 @@ pub fn run(cli: Cli) -> i32 {
             }
             Err(e) => report(&e),
         },
-        Command::Proxy { config } => {
-            crate::logging::init();
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => return report(&Error::Start(format!("cannot start runtime: {e}"))),
-            };
-            match rt.block_on(proxy(config)) {
-                Ok(()) => 0,
-                Err(e) => report(&e),
-            }
-        }
+        Command::Proxy { config } => block_on(proxy(config)),
+        Command::Dev(DevCommand::WorkloadApi {
+            socket,
+            spiffe_id,
+            ttl,
+        }) => block_on(dev_workload_api(socket, spiffe_id, ttl)),
     }
+}
+
+fn block_on(fut: impl std::future::Future<Output = Result<(), Error>>) -> i32 {
+    crate::logging::init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return report(&Error::Start(format!("cannot start runtime: {e}"))),
+    };
+    match rt.block_on(fut) {
+        Ok(()) => 0,
+        Err(e) => report(&e),
+    }
+}
+
+async fn dev_workload_api(
+    socket: PathBuf,
+    spiffe_id: String,
+    ttl: std::time::Duration,
+) -> Result<(), Error> {
+    let api = crate::dev::DevWorkloadApi::new(&spiffe_id, ttl).map_err(|e| {
+        Error::Config(crate::config::ConfigFileError {
+            file: "(command line)".into(),
+            field: "--spiffe-id/--ttl".into(),
+            reason: e,
+        })
+    })?;
+    let running = api
+        .serve(&socket)
+        .await
+        .map_err(|e| Error::Start(format!("cannot serve on {}: {e}", socket.display())))?;
+    tracing::warn!(
+        "DEVELOPMENT ONLY: this Workload API issues {spiffe_id} to anyone who can open {} (no attestation). Use a SPIRE agent in production.",
+        socket.display()
+    );
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "listening on {}", running.endpoint());
+    let _ = out.flush();
+    drop(out);
+    shutdown_signal().await;
+    running.stop().await;
+    Ok(())
 }
 
 fn report(e: &Error) -> i32 {

@@ -1,17 +1,22 @@
-//! Lanyard's control plane: config, credential providers and the `lanyard`
-//! command line. The data plane lives in `lanyard-proxy`.
+//! Lanyard's control plane: config, identity (JWT-SVIDs from the Workload
+//! API), grants (token exchange and caching), and the `lanyard` command line.
+//! The data plane lives in `lanyard-proxy`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use lanyard_proxy::{Proxy, StartError, StaticSource, TokenSource};
 
+pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod dev;
+pub mod grants;
+pub mod identity;
 pub mod logging;
 
-use config::{Config, ConfigFileError, ProviderConfig, ProviderKind};
+use config::{Config, ConfigFileError, ProviderKind, Validated};
 
 /// Exit status for configuration errors (sysexits `EX_USAGE`).
 pub const EXIT_CONFIG: i32 = 64;
@@ -37,54 +42,107 @@ impl Error {
     }
 }
 
-/// Starts every provider named in the config.
-pub fn start_providers(
-    providers: &BTreeMap<String, ProviderConfig>,
-    file: &Path,
-) -> Result<HashMap<String, Arc<dyn TokenSource>>, ConfigFileError> {
-    let mut out: HashMap<String, Arc<dyn TokenSource>> = HashMap::new();
-    for (name, p) in providers {
-        let kind = p.kind().map_err(|reason| ConfigFileError {
-            file: file.display().to_string(),
-            field: format!("providers.{name}"),
-            reason,
-        })?;
-        let source: Arc<dyn TokenSource> =
-            match kind {
-                ProviderKind::Static(s) => Arc::new(StaticSource::new(&s.token_file).map_err(
-                    |e| ConfigFileError {
-                        file: file.display().to_string(),
-                        field: format!("providers.{name}.static.token_file"),
-                        reason: e.0,
-                    },
-                )?),
-            };
-        out.insert(name.clone(), source);
+/// The running providers and what they share.
+pub struct Providers {
+    /// Token sources by provider name, for the proxy.
+    pub sources: HashMap<String, Arc<dyn TokenSource>>,
+    /// The Workload API client, when any provider needs one.
+    pub workload_api: Option<Arc<identity::WorkloadApi>>,
+}
+
+/// Starts every provider in the config. Nothing here connects anywhere:
+/// the Workload API and issuers are contacted on first use.
+pub fn start_providers(v: &Validated, file: &Path) -> Result<Providers, ConfigFileError> {
+    let err = |field: String, reason: String| ConfigFileError {
+        file: file.display().to_string(),
+        field,
+        reason,
+    };
+    let mut sources: HashMap<String, Arc<dyn TokenSource>> = HashMap::new();
+    let mut grant_shared: Option<grants::Shared> = None;
+    let mut workload_api = None;
+    for (name, p) in &v.providers {
+        let kind = p.kind().map_err(|r| err(format!("providers.{name}"), r))?;
+        let source: Arc<dyn TokenSource> = match kind {
+            ProviderKind::Static(s) => Arc::new(
+                StaticSource::new(&s.token_file)
+                    .map_err(|e| err(format!("providers.{name}.static.token_file"), e.0))?,
+            ),
+            ProviderKind::TokenGrant(g) => {
+                if grant_shared.is_none() {
+                    let socket = v
+                        .spiffe
+                        .endpoint_socket
+                        .clone()
+                        .or_else(|| std::env::var("SPIFFE_ENDPOINT_SOCKET").ok().filter(|s| !s.is_empty()))
+                        .ok_or_else(|| {
+                            err(
+                                "spiffe.endpoint_socket".into(),
+                                format!("provider '{name}' needs the Workload API: set spiffe.endpoint_socket or SPIFFE_ENDPOINT_SOCKET"),
+                            )
+                        })?;
+                    if !socket.starts_with("unix:") {
+                        return Err(err(
+                            "spiffe.endpoint_socket".into(),
+                            format!("'{socket}' must be unix:///path/to/socket"),
+                        ));
+                    }
+                    let wl = Arc::new(identity::WorkloadApi::new(socket, v.spiffe.fetch_timeout));
+                    let upstream = lanyard_proxy::tls::UpstreamTls::new(
+                        &v.settings.config.upstream_tls,
+                        &lanyard_proxy::tls::system_roots(),
+                    )
+                    .map_err(|e| err(e.field, e.reason))?;
+                    grant_shared = Some(grants::Shared {
+                        identity: Arc::new(identity::Identity::new(
+                            wl.clone(),
+                            v.token_cache.policy(),
+                        )),
+                        issuer: grants::IssuerClient::new(upstream.h1_only()),
+                        cache: grants::TokenCache::new("token", v.token_cache.policy()),
+                    });
+                    workload_api = Some(wl);
+                }
+                let shared = grant_shared.as_ref().ok_or_else(|| {
+                    err("providers".into(), "internal: grant state missing".into())
+                })?;
+                Arc::new(
+                    grants::GrantSource::build(name, g, &v.endpoints, shared)
+                        .map_err(|(f, r)| err(f, r))?,
+                )
+            }
+        };
+        sources.insert(name.clone(), source);
     }
-    Ok(out)
+    Ok(Providers {
+        sources,
+        workload_api,
+    })
 }
 
 /// Loads, validates and binds: everything `lanyard proxy` does before serving.
 pub async fn build_proxy(config: Config, file: &Path) -> Result<Proxy, Error> {
-    let (settings, providers) = config.validate(file)?;
-    let sources = start_providers(&providers, file)?;
-    Proxy::bind(settings, sources).await.map_err(|e| match e {
-        StartError::Config(c) => Error::Config(ConfigFileError::from_field(file, c)),
-        StartError::Ca(c) => Error::Config(ConfigFileError::from_field(
-            file,
-            lanyard_proxy::ConfigError::new("ca", c.to_string()),
-        )),
-        other => Error::Start(other.to_string()),
-    })
+    let v = config.validate(file)?;
+    let providers = start_providers(&v, file)?;
+    Proxy::bind(v.settings, providers.sources)
+        .await
+        .map_err(|e| match e {
+            StartError::Config(c) => Error::Config(ConfigFileError::from_field(file, c)),
+            StartError::Ca(c) => Error::Config(ConfigFileError::from_field(
+                file,
+                lanyard_proxy::ConfigError::new("ca", c.to_string()),
+            )),
+            other => Error::Start(other.to_string()),
+        })
 }
 
 /// Checks a config as far as possible without binding: parse, validate, read
 /// token files and CA/upstream trust files.
 pub fn check(file: &Path) -> Result<(), Error> {
     let config = Config::load(file)?;
-    let (settings, providers) = config.validate(file)?;
-    start_providers(&providers, file)?;
-    let cfg = &settings.config;
+    let v = config.validate(file)?;
+    start_providers(&v, file)?;
+    let cfg = &v.settings.config;
     if let (Some(c), Some(k)) = (&cfg.ca.cert_file, &cfg.ca.key_file) {
         lanyard_proxy::SandboxCa::load(c, k).map_err(|e| {
             ConfigFileError::from_field(file, lanyard_proxy::ConfigError::new("ca", e.to_string()))

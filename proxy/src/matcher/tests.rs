@@ -12,6 +12,9 @@ fn ep(name: &str, host: &str, port: u16, path: &str, methods: &[&str]) -> Endpoi
         prefix: None,
         tls: TlsMode::Intercept,
         allow_cleartext: false,
+        audience: None,
+        scopes: None,
+        jwt_svid_audience: None,
     }
 }
 

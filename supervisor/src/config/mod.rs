@@ -4,9 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use lanyard_proxy::config::{
-    CaConfig, EgressConfig, EndpointConfig, LimitsConfig, UpstreamTlsConfig,
+    CaConfig, EgressConfig, EndpointConfig, LimitsConfig, UpstreamTlsConfig, duration,
 };
 use lanyard_proxy::{ConfigError, ProxyConfig, Settings};
 use serde::Deserialize;
@@ -40,6 +41,168 @@ pub struct Config {
     /// Limits and timeouts.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Where the SPIFFE Workload API is.
+    #[serde(default)]
+    pub spiffe: SpiffeConfig,
+    /// Lifetime, refresh and retry policy for cached SVIDs and tokens.
+    #[serde(default)]
+    pub token_cache: TokenCacheConfig,
+}
+
+/// `spiffe`: the Workload API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpiffeConfig {
+    /// `unix:///path/to/agent.sock`; defaults to `SPIFFE_ENDPOINT_SOCKET`.
+    #[serde(default)]
+    pub endpoint_socket: Option<String>,
+    /// Bound on one Workload API call (and on connecting).
+    #[serde(default = "ten_seconds", deserialize_with = "duration")]
+    pub fetch_timeout: Duration,
+}
+
+impl Default for SpiffeConfig {
+    fn default() -> Self {
+        Self {
+            endpoint_socket: None,
+            fetch_timeout: ten_seconds(),
+        }
+    }
+}
+
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// `token_cache`: applies to JWT-SVIDs and exchanged tokens alike.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenCacheConfig {
+    /// Entries kept at most (per cache: SVIDs, tokens); least useful evicted first.
+    pub max_entries: u64,
+    /// Fraction of a credential's usable life after which it is renewed in the background.
+    pub refresh_ahead: f64,
+    /// Taken off every lifetime (at most half of it) to absorb clock skew and latency.
+    #[serde(deserialize_with = "duration")]
+    pub skew: Duration,
+    /// No credential is kept longer than this, whatever its lifetime.
+    #[serde(deserialize_with = "duration")]
+    pub max_lifetime: Duration,
+    /// First retry delay after a failed fetch (doubles per failure, jittered).
+    #[serde(deserialize_with = "duration")]
+    pub backoff_initial: Duration,
+    /// Largest retry delay.
+    #[serde(deserialize_with = "duration")]
+    pub backoff_max: Duration,
+}
+
+impl Default for TokenCacheConfig {
+    fn default() -> Self {
+        let p = crate::cache::Policy::default();
+        Self {
+            max_entries: p.max_entries,
+            refresh_ahead: p.refresh_ahead,
+            skew: p.skew,
+            max_lifetime: p.max_lifetime,
+            backoff_initial: p.backoff_initial,
+            backoff_max: p.backoff_max,
+        }
+    }
+}
+
+impl TokenCacheConfig {
+    /// As a cache policy.
+    pub fn policy(&self) -> crate::cache::Policy {
+        crate::cache::Policy {
+            skew: self.skew,
+            max_lifetime: self.max_lifetime,
+            refresh_ahead: self.refresh_ahead,
+            backoff_initial: self.backoff_initial,
+            backoff_max: self.backoff_max,
+            max_entries: self.max_entries,
+        }
+    }
+
+    fn check(&self) -> Result<(), (String, String)> {
+        let f = |n: &str| format!("token_cache.{n}");
+        if !(self.refresh_ahead > 0.0 && self.refresh_ahead < 1.0) {
+            return Err((
+                f("refresh_ahead"),
+                "must be between 0 and 1 (exclusive)".into(),
+            ));
+        }
+        if self.max_entries == 0 {
+            return Err((f("max_entries"), "must be at least 1".into()));
+        }
+        if self.backoff_initial.is_zero() || self.backoff_initial > self.backoff_max {
+            return Err((
+                f("backoff_initial"),
+                "must be greater than zero and at most backoff_max".into(),
+            ));
+        }
+        if self.max_lifetime.is_zero() {
+            return Err((f("max_lifetime"), "must be greater than zero".into()));
+        }
+        Ok(())
+    }
+}
+
+/// `providers.<name>.token_grant`: exchange a JWT-SVID for a token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenGrantConfig {
+    /// OAuth token endpoint (`https://`; `http://` only to loopback). Not used by `jwt_svid`.
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
+    /// `client_credentials`, `token_exchange`, `jwt_bearer` or `jwt_svid`.
+    pub grant: crate::grants::Grant,
+    /// For `client_credentials`: `urn:ietf:params:oauth:client-assertion-type:jwt-bearer`
+    /// (default) or `...:jwt-spiffe`.
+    #[serde(default)]
+    pub client_assertion_type: Option<String>,
+    /// `client_id` form field, when the issuer wants one.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Audience of the JWT-SVID presented to the issuer; defaults to the token endpoint URL.
+    #[serde(default)]
+    pub jwt_svid_audience: Option<String>,
+    /// `audience` form field (endpoints may override).
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// `scope` form field, space-joined (endpoints may override).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// `resource` form field (RFC 8707).
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// `requested_token_type` form field (token exchange).
+    #[serde(default)]
+    pub requested_token_type: Option<String>,
+    /// Additional form fields sent as given (cannot override the ones above).
+    #[serde(default)]
+    pub extra_params: BTreeMap<String, String>,
+    /// Lifetime assumed when the issuer sends no `expires_in` and the token carries no `exp`.
+    #[serde(default = "five_minutes", deserialize_with = "duration")]
+    pub default_lifetime: Duration,
+    /// Bound on one whole exchange.
+    #[serde(default = "ten_seconds", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Bound on DNS plus TCP connect to the token endpoint.
+    #[serde(default = "five_seconds", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Largest token endpoint response read.
+    #[serde(default = "sixty_four_k")]
+    pub max_response_bytes: usize,
+}
+
+fn five_minutes() -> Duration {
+    Duration::from_secs(300)
+}
+fn five_seconds() -> Duration {
+    Duration::from_secs(5)
+}
+fn sixty_four_k() -> usize {
+    64 * 1024
 }
 
 /// One provider: exactly one of its kinds must be set.
@@ -49,6 +212,9 @@ pub struct ProviderConfig {
     /// A token read from a file, re-read when the file changes.
     #[serde(default, rename = "static")]
     pub static_token: Option<StaticProvider>,
+    /// A token obtained with the sandbox's JWT-SVID.
+    #[serde(default)]
+    pub token_grant: Option<TokenGrantConfig>,
 }
 
 /// A provider's kind, once validated.
@@ -56,14 +222,17 @@ pub struct ProviderConfig {
 pub enum ProviderKind<'a> {
     /// `static`.
     Static(&'a StaticProvider),
+    /// `token_grant`.
+    TokenGrant(&'a TokenGrantConfig),
 }
 
 impl ProviderConfig {
     /// The single kind this entry configures.
     pub fn kind(&self) -> Result<ProviderKind<'_>, String> {
-        match &self.static_token {
-            Some(s) => Ok(ProviderKind::Static(s)),
-            None => Err("set exactly one provider kind: static".into()),
+        match (&self.static_token, &self.token_grant) {
+            (Some(s), None) => Ok(ProviderKind::Static(s)),
+            (None, Some(g)) => Ok(ProviderKind::TokenGrant(g)),
+            _ => Err("set exactly one provider kind: static or token_grant".into()),
         }
     }
 }
@@ -74,6 +243,21 @@ impl ProviderConfig {
 pub struct StaticProvider {
     /// File holding the token (surrounding whitespace ignored).
     pub token_file: PathBuf,
+}
+
+/// A validated config, split by owner.
+#[derive(Debug)]
+pub struct Validated {
+    /// The data plane's settings.
+    pub settings: Settings,
+    /// Providers by name.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Endpoints as written (providers read their per-endpoint overrides).
+    pub endpoints: Vec<EndpointConfig>,
+    /// Workload API settings.
+    pub spiffe: SpiffeConfig,
+    /// Cache policy.
+    pub token_cache: TokenCacheConfig,
 }
 
 /// A config error located in a file. Displayed as `FILE: FIELD: REASON`.
@@ -142,10 +326,28 @@ impl Config {
 
     /// Validates everything that can be checked without side effects and
     /// splits the config into proxy settings and providers.
-    pub fn validate(
-        self,
-        path: &Path,
-    ) -> Result<(Settings, BTreeMap<String, ProviderConfig>), ConfigFileError> {
+    pub fn validate(self, path: &Path) -> Result<Validated, ConfigFileError> {
+        self.token_cache
+            .check()
+            .map_err(|(f, r)| ConfigFileError::new(path, f, r))?;
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let grant = self
+                .providers
+                .get(&e.provider)
+                .is_some_and(|p| p.token_grant.is_some());
+            let scoped =
+                e.audience.is_some() || e.scopes.is_some() || e.jwt_svid_audience.is_some();
+            if scoped && !grant && self.providers.contains_key(&e.provider) {
+                return Err(ConfigFileError::new(
+                    path,
+                    format!("endpoints[{i}]"),
+                    format!(
+                        "audience, scopes and jwt_svid_audience need a token_grant provider; '{}' is static",
+                        e.provider
+                    ),
+                ));
+            }
+        }
         for (name, p) in &self.providers {
             p.kind()
                 .map_err(|r| ConfigFileError::new(path, format!("providers.{name}"), r))?;
@@ -162,6 +364,7 @@ impl Config {
             }
         }
         let names: BTreeSet<String> = self.providers.keys().cloned().collect();
+        let endpoints = self.endpoints.clone();
         let proxy = ProxyConfig {
             listen: self.listen,
             ca: self.ca,
@@ -173,6 +376,12 @@ impl Config {
         };
         let settings =
             Settings::build(proxy, &names).map_err(|e| ConfigFileError::from_field(path, e))?;
-        Ok((settings, self.providers))
+        Ok(Validated {
+            settings,
+            providers: self.providers,
+            endpoints,
+            spiffe: self.spiffe,
+            token_cache: self.token_cache,
+        })
     }
 }

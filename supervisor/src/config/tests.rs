@@ -25,7 +25,8 @@ egress: { default: deny, allow: ["*.pypi.org:443"] }
 #[test]
 fn the_documented_shape_parses() {
     let p = Path::new(FILE);
-    let (settings, providers) = Config::parse(GOOD, p).unwrap().validate(p).unwrap();
+    let v = Config::parse(GOOD, p).unwrap().validate(p).unwrap();
+    let (settings, providers) = (v.settings, v.providers);
     assert_eq!(settings.router.rules().len(), 1);
     assert!(matches!(
         providers["demo-static"].kind(),

@@ -1,0 +1,298 @@
+//! Grants: per matched endpoint, a JWT-SVID is exchanged at the provider's
+//! token endpoint for a token with that endpoint's audience and scopes, or
+//! (`jwt_svid`) used as the bearer itself.
+//!
+//! The `oauth2` crate is not used: see ARCHITECTURE.md ("Token endpoint client").
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lanyard_proxy::config::EndpointConfig;
+use lanyard_proxy::source::BoxFuture;
+use lanyard_proxy::{Secret, SourceError, TokenSource};
+use serde::Deserialize;
+
+use crate::cache::Refreshing;
+use crate::config::TokenGrantConfig;
+use crate::identity::Identity;
+
+pub mod form;
+pub mod issuer;
+#[cfg(test)]
+mod tests;
+
+pub use issuer::{IssuerClient, IssuerLimits, TokenEndpoint};
+
+/// The exchange flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Grant {
+    /// RFC 7523 §2.2: `client_credentials` authenticated by the SVID as client assertion.
+    ClientCredentials,
+    /// RFC 8693 token exchange with the SVID as subject token.
+    TokenExchange,
+    /// RFC 7523 §2.1: the SVID as authorization grant.
+    JwtBearer,
+    /// No exchange: the SVID itself is the bearer.
+    JwtSvid,
+}
+
+/// Everything that goes into one request (and so into the cache key).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Params {
+    /// Audience the SVID is fetched for.
+    pub svid_audience: String,
+    /// `client_assertion_type`.
+    pub client_assertion_type: String,
+    /// `client_id`.
+    pub client_id: Option<String>,
+    /// `audience`.
+    pub audience: Option<String>,
+    /// `scope`, sorted and de-duplicated.
+    pub scopes: Vec<String>,
+    /// `resource`.
+    pub resource: Option<String>,
+    /// `requested_token_type`.
+    pub requested_token_type: Option<String>,
+    /// Extra form fields.
+    pub extra_params: BTreeMap<String, String>,
+}
+
+/// Cache key: provider, grant and every parameter that changes the token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TokenKey {
+    provider: Arc<str>,
+    grant: Grant,
+    params: Arc<Params>,
+}
+
+/// The token cache shared by every grant provider.
+pub type TokenCache = Refreshing<TokenKey, Secret>;
+
+/// A `token_grant` provider.
+pub struct GrantSource {
+    provider: Arc<str>,
+    grant: Grant,
+    endpoint: Option<TokenEndpoint>,
+    by_endpoint: HashMap<String, TokenKey>,
+    identity: Arc<Identity>,
+    issuer: IssuerClient,
+    limits: IssuerLimits,
+    default_lifetime: Duration,
+    cache: Arc<TokenCache>,
+}
+
+impl std::fmt::Debug for GrantSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrantSource")
+            .field("provider", &self.provider)
+            .field("grant", &self.grant)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the supervisor hands to [`GrantSource::build`].
+pub struct Shared {
+    /// SVIDs.
+    pub identity: Arc<Identity>,
+    /// Token endpoint client.
+    pub issuer: IssuerClient,
+    /// Tokens.
+    pub cache: Arc<TokenCache>,
+}
+
+impl GrantSource {
+    /// Validates provider `name` and the endpoints that use it. Errors are
+    /// `(field, reason)` pairs relative to the config file.
+    pub fn build(
+        name: &str,
+        cfg: &TokenGrantConfig,
+        endpoints: &[EndpointConfig],
+        shared: &Shared,
+    ) -> Result<Self, (String, String)> {
+        let field = |f: &str| format!("providers.{name}.token_grant.{f}");
+        let endpoint = match (&cfg.token_endpoint, cfg.grant) {
+            (None, Grant::JwtSvid) => None,
+            (Some(_), Grant::JwtSvid) => {
+                return Err((
+                    field("token_endpoint"),
+                    "grant jwt_svid makes no exchange; remove token_endpoint".into(),
+                ));
+            }
+            (None, _) => return Err((field("token_endpoint"), "required for this grant".into())),
+            (Some(url), _) => {
+                Some(TokenEndpoint::parse(url).map_err(|r| (field("token_endpoint"), r))?)
+            }
+        };
+        let assertion_type = cfg
+            .client_assertion_type
+            .clone()
+            .unwrap_or_else(|| form::ASSERTION_JWT_BEARER.to_owned());
+        if ![form::ASSERTION_JWT_BEARER, form::ASSERTION_JWT_SPIFFE]
+            .contains(&assertion_type.as_str())
+        {
+            return Err((
+                field("client_assertion_type"),
+                format!(
+                    "must be {} or {}",
+                    form::ASSERTION_JWT_BEARER,
+                    form::ASSERTION_JWT_SPIFFE
+                ),
+            ));
+        }
+        for k in cfg.extra_params.keys() {
+            if RESERVED.contains(&k.as_str()) {
+                return Err((
+                    field(&format!("extra_params.{k}")),
+                    "is set by Lanyard and cannot be overridden".into(),
+                ));
+            }
+        }
+        let provider: Arc<str> = Arc::from(name);
+        let mut by_endpoint = HashMap::new();
+        for (i, e) in endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.provider == name)
+        {
+            let audience = e.audience.clone().or_else(|| cfg.audience.clone());
+            let svid_audience = match cfg.grant {
+                Grant::JwtSvid => e
+                    .jwt_svid_audience
+                    .clone()
+                    .or_else(|| audience.clone())
+                    .or_else(|| cfg.jwt_svid_audience.clone())
+                    .ok_or_else(|| {
+                        (
+                            format!("endpoints[{i}].audience"),
+                            format!("provider '{name}' (jwt_svid) needs an audience for the SVID"),
+                        )
+                    })?,
+                _ => e
+                    .jwt_svid_audience
+                    .clone()
+                    .or_else(|| cfg.jwt_svid_audience.clone())
+                    .or_else(|| endpoint.as_ref().map(|t| t.as_str().to_owned()))
+                    .unwrap_or_default(),
+            };
+            let mut scopes = e.scopes.clone().unwrap_or_else(|| cfg.scopes.clone());
+            scopes.sort();
+            scopes.dedup();
+            if let Some(bad) = scopes.iter().find(|s| s.is_empty() || s.contains(' ')) {
+                return Err((
+                    format!("endpoints[{i}].scopes"),
+                    format!("scope '{bad}' is empty or contains a space"),
+                ));
+            }
+            let params = Params {
+                svid_audience,
+                client_assertion_type: assertion_type.clone(),
+                client_id: cfg.client_id.clone(),
+                audience,
+                scopes,
+                resource: cfg.resource.clone(),
+                requested_token_type: cfg.requested_token_type.clone(),
+                extra_params: cfg.extra_params.clone(),
+            };
+            by_endpoint.insert(
+                e.name.clone(),
+                TokenKey {
+                    provider: provider.clone(),
+                    grant: cfg.grant,
+                    params: Arc::new(params),
+                },
+            );
+        }
+        Ok(Self {
+            provider,
+            grant: cfg.grant,
+            endpoint,
+            by_endpoint,
+            identity: shared.identity.clone(),
+            issuer: shared.issuer.clone(),
+            limits: IssuerLimits {
+                connect_timeout: cfg.connect_timeout,
+                timeout: cfg.timeout,
+                max_response_bytes: cfg.max_response_bytes,
+            },
+            default_lifetime: cfg.default_lifetime,
+            cache: shared.cache.clone(),
+        })
+    }
+
+    async fn token_for(&self, key: &TokenKey) -> Result<Secret, String> {
+        if self.grant == Grant::JwtSvid {
+            let svid = self
+                .identity
+                .svid(&key.params.svid_audience)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(svid.value.token.clone());
+        }
+        let identity = self.identity.clone();
+        let issuer = self.issuer.clone();
+        let limits = self.limits.clone();
+        let default_lifetime = self.default_lifetime;
+        let (grant, params) = (self.grant, key.params.clone());
+        let endpoint = self
+            .endpoint
+            .clone()
+            .ok_or("provider has no token endpoint")?;
+        let fresh = self
+            .cache
+            .get(key, move || {
+                let (identity, issuer, limits, params, endpoint) =
+                    (identity.clone(), issuer.clone(), limits.clone(), params.clone(), endpoint.clone());
+                async move {
+                    let svid = identity
+                        .svid(&params.svid_audience)
+                        .await
+                        .map_err(|e| format!("no JWT-SVID for audience '{}': {e}", params.svid_audience))?;
+                    let body = form::build(grant, &params, svid.value.token.expose());
+                    let issued = issuer.exchange(&endpoint, &body, &limits, &[svid.value.token.expose()]).await?;
+                    let lifetime = issued
+                        .expires_in
+                        .or_else(|| issuer::jwt_remaining(issued.access_token.expose()))
+                        .unwrap_or(default_lifetime);
+                    if lifetime.is_zero() {
+                        return Err("issuer returned an already expired token".to_owned());
+                    }
+                    tracing::info!(issuer = %endpoint.as_str(), lifetime_s = lifetime.as_secs(), "token exchanged");
+                    Ok((issued.access_token, lifetime))
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        debug_assert!(fresh.expires > Instant::now());
+        Ok(fresh.value.clone())
+    }
+}
+
+/// Form fields Lanyard owns.
+const RESERVED: &[&str] = &[
+    "grant_type",
+    "client_assertion",
+    "client_assertion_type",
+    "subject_token",
+    "subject_token_type",
+    "assertion",
+    "scope",
+    "audience",
+    "resource",
+    "client_id",
+    "requested_token_type",
+];
+
+impl TokenSource for GrantSource {
+    fn token<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, Result<Secret, SourceError>> {
+        Box::pin(async move {
+            let key = self.by_endpoint.get(endpoint).ok_or_else(|| {
+                SourceError(format!(
+                    "endpoint '{endpoint}' is not configured for this provider"
+                ))
+            })?;
+            self.token_for(key).await.map_err(SourceError)
+        })
+    }
+}

@@ -1,0 +1,172 @@
+use http::StatusCode;
+
+use super::issuer::{is_token68, parse, sanitize};
+use super::*;
+
+fn err(status: u16, body: &str) -> String {
+    match parse(
+        StatusCode::from_u16(status).unwrap(),
+        body.as_bytes(),
+        &["the-svid-assertion"],
+    ) {
+        Ok(_) => panic!("accepted {status} {body:?}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn token_responses_are_checked() {
+    let ok = parse(
+        StatusCode::OK,
+        br#"{"access_token":"abc.def-ghi_~+/==","token_type":"Bearer","expires_in":300}"#,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(ok.access_token.expose(), "abc.def-ghi_~+/==");
+    assert_eq!(ok.expires_in, Some(Duration::from_secs(300)));
+    let s = parse(StatusCode::OK, br#"{"access_token":"t","token_type":"N_A","expires_in":"60","issued_token_type":"urn:ietf:params:oauth:token-type:jwt"}"#, &[]).unwrap();
+    assert_eq!(s.expires_in, Some(Duration::from_secs(60)));
+    assert_eq!(
+        parse(StatusCode::OK, br#"{"access_token":"t"}"#, &[])
+            .unwrap()
+            .expires_in,
+        None
+    );
+
+    assert!(err(200, "").contains("empty body"));
+    assert!(err(200, "  \n").contains("empty body"));
+    assert!(err(200, "{not json").contains("not a token response"));
+    assert!(err(200, r#"{"token_type":"Bearer"}"#).contains("no access_token"));
+    assert!(err(200, r#"{"access_token":""}"#).contains("no access_token"));
+    let e = err(200, r#"{"access_token":"has space\r\nX-Evil: 1"}"#);
+    assert!(e.contains("token68"), "{e}");
+    assert!(!e.contains("X-Evil"), "{e}");
+    assert!(err(200, r#"{"access_token":"t","token_type":"DPoP"}"#).contains("not Bearer"));
+    assert!(err(200, r#"{"access_token":"t","expires_in":0}"#).contains("already expired"));
+    assert!(err(200, r#"{"access_token":"t","expires_in":-5}"#).contains("positive integer"));
+    assert!(err(302, "").contains("redirects are not followed"));
+    assert!(err(503, "<html>busy</html>").contains("without an OAuth error body"));
+}
+
+#[test]
+fn oauth_errors_are_sanitised_capped_and_scrubbed() {
+    let long = "x".repeat(5000);
+    let e = err(
+        400,
+        &format!(
+            r#"{{"error":"invalid_grant","error_description":"bad assertion the-svid-assertion\u0000\n{long}"}}"#
+        ),
+    );
+    assert!(
+        e.starts_with("answered 400 Bad Request: invalid_grant: bad assertion [redacted]??"),
+        "{e}"
+    );
+    assert!(e.len() < 300, "not capped: {} chars", e.len());
+    assert!(!e.contains("the-svid-assertion"));
+    assert_eq!(sanitize("é\u{7f}ok", 10, &[]), "??ok");
+}
+
+#[test]
+fn token68_alphabet() {
+    for ok in [
+        "a",
+        "A-._~+/9",
+        "abc==",
+        "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.sig",
+    ] {
+        assert!(is_token68(ok), "{ok}");
+    }
+    for bad in ["", "=", "a b", "a\"b", "a,b", "a=b", "tok\n", "ü"] {
+        assert!(!is_token68(bad), "{bad:?}");
+    }
+}
+
+#[test]
+fn token_endpoints_need_tls_off_loopback() {
+    assert!(TokenEndpoint::parse("https://issuer.example/token").is_ok());
+    assert!(TokenEndpoint::parse("http://127.0.0.1:8080/token").is_ok());
+    assert!(TokenEndpoint::parse("http://localhost/token").is_ok());
+    assert!(TokenEndpoint::parse("http://[::1]:9/t").is_ok());
+    assert!(
+        TokenEndpoint::parse("http://issuer.example/token")
+            .unwrap_err()
+            .contains("non-loopback")
+    );
+    assert!(TokenEndpoint::parse("ftp://x/").is_err());
+    assert!(
+        TokenEndpoint::parse("https://user:pw@x/")
+            .unwrap_err()
+            .contains("credentials")
+    );
+}
+
+fn params() -> Params {
+    Params {
+        svid_audience: "https://issuer/token".into(),
+        client_assertion_type: form::ASSERTION_JWT_BEARER.into(),
+        client_id: None,
+        audience: Some("alpha".into()),
+        scopes: vec!["read".into(), "write".into()],
+        resource: None,
+        requested_token_type: None,
+        extra_params: BTreeMap::new(),
+    }
+}
+
+fn fields(body: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+#[test]
+fn forms_carry_exactly_their_fields() {
+    let f = fields(&form::build(Grant::ClientCredentials, &params(), "SVID"));
+    assert_eq!(
+        f,
+        vec![
+            ("grant_type".into(), "client_credentials".into()),
+            (
+                "client_assertion_type".into(),
+                form::ASSERTION_JWT_BEARER.into()
+            ),
+            ("client_assertion".into(), "SVID".into()),
+            ("scope".into(), "read write".into()),
+            ("audience".into(), "alpha".into()),
+        ]
+    );
+    let mut p = params();
+    p.requested_token_type = Some("urn:ietf:params:oauth:token-type:access_token".into());
+    p.resource = Some("https://alpha.test/".into());
+    p.client_id = Some("lanyard".into());
+    p.extra_params.insert("x-extra".into(), "1 2".into());
+    let f = fields(&form::build(Grant::TokenExchange, &p, "SVID"));
+    assert_eq!(
+        f,
+        vec![
+            ("grant_type".into(), form::GRANT_TOKEN_EXCHANGE.into()),
+            ("subject_token".into(), "SVID".into()),
+            ("subject_token_type".into(), form::TOKEN_TYPE_JWT.into()),
+            (
+                "requested_token_type".into(),
+                "urn:ietf:params:oauth:token-type:access_token".into()
+            ),
+            ("client_id".into(), "lanyard".into()),
+            ("scope".into(), "read write".into()),
+            ("audience".into(), "alpha".into()),
+            ("resource".into(), "https://alpha.test/".into()),
+            ("x-extra".into(), "1 2".into()),
+        ]
+    );
+    let mut p = params();
+    p.audience = None;
+    let f = fields(&form::build(Grant::JwtBearer, &p, "SVID"));
+    assert_eq!(
+        f,
+        vec![
+            ("grant_type".into(), form::GRANT_JWT_BEARER.into()),
+            ("assertion".into(), "SVID".into()),
+            ("scope".into(), "read write".into()),
+        ]
+    );
+}

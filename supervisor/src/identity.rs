@@ -1,0 +1,203 @@
+//! Identity: JWT-SVIDs from the SPIFFE Workload API, one cached SVID per
+//! audience, fetched again ahead of expiry.
+//!
+//! One client serves every fetch. A transport failure drops it; the next
+//! fetch reconnects, no sooner than a capped, jittered backoff allows, so a
+//! missing socket costs one connection attempt per step.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use lanyard_proxy::Secret;
+use lanyard_proxy::source::BoxFuture;
+use spiffe::WorkloadApiClient;
+use tokio::sync::Mutex;
+
+use crate::cache::{self, CacheError, Fresh, Policy, Refreshing};
+
+/// A JWT-SVID as Lanyard keeps it.
+#[derive(Debug, Clone)]
+pub struct Svid {
+    /// The compact JWT.
+    pub token: Secret,
+    /// The `sub` claim.
+    pub spiffe_id: String,
+}
+
+/// Where SVIDs come from (the Workload API; a fake in unit tests).
+pub trait SvidFetcher: Send + Sync + 'static {
+    /// Fetches a JWT-SVID for `audience`; returns it with its remaining lifetime.
+    fn fetch(&self, audience: &str) -> BoxFuture<'_, Result<(Svid, Duration), String>>;
+}
+
+/// The Workload API over its unix socket.
+pub struct WorkloadApi {
+    endpoint: String,
+    timeout: Duration,
+    client: Mutex<Conn>,
+    fetches: AtomicU64,
+}
+
+struct Conn {
+    client: Option<WorkloadApiClient>,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl std::fmt::Debug for WorkloadApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkloadApi")
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+impl WorkloadApi {
+    /// A client for `endpoint` (`unix:///path`); connects lazily.
+    pub fn new(endpoint: impl Into<String>, timeout: Duration) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            timeout,
+            client: Mutex::new(Conn {
+                client: None,
+                failures: 0,
+                retry_at: None,
+            }),
+            fetches: AtomicU64::new(0),
+        }
+    }
+
+    /// FetchJWTSVID calls made so far.
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    async fn client(&self) -> Result<WorkloadApiClient, String> {
+        let mut conn = self.client.lock().await;
+        if let Some(c) = &conn.client {
+            return Ok(c.clone());
+        }
+        if let Some(at) = conn.retry_at {
+            let now = Instant::now();
+            if now < at {
+                return Err(format!(
+                    "Workload API at {} unreachable; reconnecting in {} ms",
+                    self.endpoint,
+                    (at - now).as_millis()
+                ));
+            }
+        }
+        match tokio::time::timeout(self.timeout, WorkloadApiClient::connect_to(&self.endpoint))
+            .await
+        {
+            Ok(Ok(c)) => {
+                conn.client = Some(c.clone());
+                conn.failures = 0;
+                conn.retry_at = None;
+                Ok(c)
+            }
+            Ok(Err(e)) => Err(self.connect_failed(&mut conn, e.to_string())),
+            Err(_) => Err(self.connect_failed(&mut conn, "connect timed out".into())),
+        }
+    }
+
+    fn connect_failed(&self, conn: &mut Conn, why: String) -> String {
+        conn.failures += 1;
+        let policy = Policy {
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(10),
+            ..Policy::default()
+        };
+        conn.retry_at = Some(Instant::now() + cache::backoff(&policy, conn.failures));
+        format!(
+            "cannot connect to the Workload API at {}: {why}",
+            self.endpoint
+        )
+    }
+
+    async fn drop_client(&self) {
+        self.client.lock().await.client = None;
+    }
+}
+
+impl SvidFetcher for WorkloadApi {
+    fn fetch(&self, audience: &str) -> BoxFuture<'_, Result<(Svid, Duration), String>> {
+        let audience = audience.to_owned();
+        Box::pin(async move {
+            let client = self.client().await?;
+            self.fetches.fetch_add(1, Ordering::Relaxed);
+            let call = client.fetch_jwt_svid([audience.as_str()], None);
+            let svid = match tokio::time::timeout(self.timeout, call).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    // Any transport-level failure may mean the agent restarted:
+                    // reconnect next time rather than reuse a dead channel.
+                    self.drop_client().await;
+                    return Err(format!(
+                        "Workload API FetchJWTSVID(audience={audience}): {e}"
+                    ));
+                }
+                Err(_) => {
+                    self.drop_client().await;
+                    return Err(format!(
+                        "Workload API FetchJWTSVID(audience={audience}) timed out"
+                    ));
+                }
+            };
+            let exp = svid.expiry().unix_timestamp();
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            let left = u64::try_from(exp.saturating_sub(now)).unwrap_or(0);
+            if left == 0 {
+                return Err(format!(
+                    "Workload API returned an already expired JWT-SVID for {audience}"
+                ));
+            }
+            Ok((
+                Svid {
+                    token: Secret::new(svid.token()),
+                    spiffe_id: svid.spiffe_id().to_string(),
+                },
+                Duration::from_secs(left),
+            ))
+        })
+    }
+}
+
+/// JWT-SVIDs by audience.
+pub struct Identity {
+    fetcher: Arc<dyn SvidFetcher>,
+    cache: Arc<Refreshing<String, Svid>>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("cache", &self.cache)
+            .finish()
+    }
+}
+
+impl Identity {
+    /// Caches SVIDs from `fetcher` under `policy`.
+    pub fn new(fetcher: Arc<dyn SvidFetcher>, policy: Policy) -> Self {
+        Self {
+            fetcher,
+            cache: Refreshing::new("JWT-SVID", policy),
+        }
+    }
+
+    /// A valid SVID for `audience`.
+    pub async fn svid(&self, audience: &str) -> Result<Arc<Fresh<Svid>>, CacheError> {
+        let fetcher = self.fetcher.clone();
+        let aud = audience.to_owned();
+        self.cache
+            .get(&aud.clone(), move || {
+                let (fetcher, aud) = (fetcher.clone(), aud.clone());
+                async move { fetcher.fetch(&aud).await }
+            })
+            .await
+    }
+}
