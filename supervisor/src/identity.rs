@@ -35,6 +35,7 @@ pub trait SvidFetcher: Send + Sync + 'static {
 pub struct WorkloadApi {
     endpoint: String,
     timeout: Duration,
+    reconnect: Policy,
     client: Mutex<Conn>,
     fetches: AtomicU64,
 }
@@ -54,11 +55,13 @@ impl std::fmt::Debug for WorkloadApi {
 }
 
 impl WorkloadApi {
-    /// A client for `endpoint` (`unix:///path`); connects lazily.
-    pub fn new(endpoint: impl Into<String>, timeout: Duration) -> Self {
+    /// A client for `endpoint` (`unix:///path`); connects lazily, and after a
+    /// failure no sooner than `reconnect`'s backoff allows.
+    pub fn new(endpoint: impl Into<String>, timeout: Duration, reconnect: Policy) -> Self {
         Self {
             endpoint: endpoint.into(),
             timeout,
+            reconnect,
             client: Mutex::new(Conn {
                 client: None,
                 failures: 0,
@@ -104,12 +107,7 @@ impl WorkloadApi {
 
     fn connect_failed(&self, conn: &mut Conn, why: String) -> String {
         conn.failures += 1;
-        let policy = Policy {
-            backoff_initial: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(10),
-            ..Policy::default()
-        };
-        conn.retry_at = Some(Instant::now() + cache::backoff(&policy, conn.failures));
+        conn.retry_at = Some(Instant::now() + cache::backoff(&self.reconnect, conn.failures));
         format!(
             "cannot connect to the Workload API at {}: {why}",
             self.endpoint

@@ -87,7 +87,11 @@ pub fn start_providers(v: &Validated, file: &Path) -> Result<Providers, ConfigFi
                             format!("'{socket}' must be unix:///path/to/socket"),
                         ));
                     }
-                    let wl = Arc::new(identity::WorkloadApi::new(socket, v.spiffe.fetch_timeout));
+                    let wl = Arc::new(identity::WorkloadApi::new(
+                        socket,
+                        v.spiffe.fetch_timeout,
+                        v.token_cache.policy(),
+                    ));
                     let upstream = lanyard_proxy::tls::UpstreamTls::new(
                         &v.settings.config.upstream_tls,
                         &lanyard_proxy::tls::system_roots(),

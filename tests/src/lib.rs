@@ -27,6 +27,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
 
+pub mod issuer;
+
 /// The token the static provider serves in tests. Long and distinctive so a
 /// leak is easy to grep for.
 pub const TOKEN: &str = "lanyard-test-token-7f3a9c2e1d";

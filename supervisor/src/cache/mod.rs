@@ -183,13 +183,13 @@ where
                 // moka's clock and ours can disagree by microseconds: drop it and miss.
                 self.entries.invalidate(key).await;
             }
-            if let Some(f) = self.failures.get(key) {
-                if now < f.retry_at {
-                    return Err(CacheError::Backoff {
-                        error: f.error.clone(),
-                        retry_in: f.retry_at - now,
-                    });
-                }
+            if let Some(f) = self.failures.get(key)
+                && now < f.retry_at
+            {
+                return Err(CacheError::Backoff {
+                    error: f.error.clone(),
+                    retry_in: f.retry_at - now,
+                });
             }
             let this = self.clone();
             let k = key.clone();

@@ -68,3 +68,113 @@ fn errors_name_file_field_and_reason() {
     assert!(e.reason.contains("line"), "{e}");
     assert_eq!(e.to_string(), format!("{FILE}: {}: {}", e.field, e.reason));
 }
+
+fn grant_err(provider: &str, endpoint_extra: &str, top: &str) -> ConfigFileError {
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nca: {{ dir: /tmp/x }}\n{top}providers:\n  g: {{ token_grant: {{ {provider} }} }}\nendpoints:\n  - {{ name: a, host: a.test, provider: g{endpoint_extra} }}\n"
+    );
+    let p = Path::new(FILE);
+    let v = match Config::parse(&yaml, p).and_then(|c| c.validate(p)) {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    match crate::start_providers(&v, p) {
+        Err(e) => e,
+        Ok(_) => panic!("accepted: {yaml}"),
+    }
+}
+
+#[test]
+fn token_grant_errors_name_their_field() {
+    let sock = "spiffe: { endpoint_socket: unix:///tmp/none.sock }\n";
+    let cases = [
+        (
+            "grant: token_exchange",
+            "",
+            sock,
+            "providers.g.token_grant.token_endpoint",
+            "required",
+        ),
+        (
+            "grant: token_exchange, token_endpoint: http://issuer.example/t",
+            "",
+            sock,
+            "providers.g.token_grant.token_endpoint",
+            "non-loopback",
+        ),
+        (
+            "grant: client_credentials, token_endpoint: https://i/t, client_assertion_type: nope",
+            "",
+            sock,
+            "providers.g.token_grant.client_assertion_type",
+            "must be",
+        ),
+        (
+            "grant: jwt_bearer, token_endpoint: https://i/t, extra_params: { grant_type: x }",
+            "",
+            sock,
+            "providers.g.token_grant.extra_params.grant_type",
+            "cannot be overridden",
+        ),
+        (
+            "grant: jwt_svid",
+            "",
+            sock,
+            "endpoints[0].audience",
+            "needs an audience",
+        ),
+        (
+            "grant: jwt_svid, token_endpoint: https://i/t",
+            ", audience: a",
+            sock,
+            "providers.g.token_grant.token_endpoint",
+            "no exchange",
+        ),
+        (
+            "grant: token_exchange, token_endpoint: https://i/t",
+            ", scopes: [\"a b\"]",
+            sock,
+            "endpoints[0].scopes",
+            "space",
+        ),
+        (
+            "grant: token_exchange, token_endpoint: https://i/t",
+            "",
+            "spiffe: { endpoint_socket: /tmp/x.sock }\n",
+            "spiffe.endpoint_socket",
+            "unix://",
+        ),
+        (
+            "grant: token_exchange, token_endpoint: https://i/t",
+            "",
+            "token_cache: { refresh_ahead: 1.5 }\n",
+            "token_cache.refresh_ahead",
+            "between 0 and 1",
+        ),
+        (
+            "grant: token_swap, token_endpoint: https://i/t",
+            "",
+            sock,
+            "providers.g.token_grant.grant",
+            "unknown variant",
+        ),
+    ];
+    for (provider, ep, top, field, reason) in cases {
+        let e = grant_err(provider, ep, top);
+        assert_eq!(e.field, field, "{provider}: {e}");
+        assert!(
+            e.reason.contains(reason),
+            "{provider}: wanted {reason:?} in {e}"
+        );
+    }
+}
+
+#[test]
+fn static_providers_refuse_token_scoping() {
+    let e = err(&GOOD.replace(
+        "provider: demo-static }",
+        "provider: demo-static, audience: alpha }",
+    ));
+    assert_eq!(e.field, "endpoints[0]");
+    assert!(e.reason.contains("token_grant"), "{e}");
+}

@@ -240,10 +240,10 @@ async fn handle(
 fn trailers(code: u8, message: &str) -> HeaderMap {
     let mut t = HeaderMap::new();
     t.insert("grpc-status", HeaderValue::from(i32::from(code)));
-    if !message.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(message) {
-            t.insert("grpc-message", v);
-        }
+    if !message.is_empty()
+        && let Ok(v) = HeaderValue::from_str(message)
+    {
+        t.insert("grpc-message", v);
     }
     t
 }

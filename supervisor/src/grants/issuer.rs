@@ -267,13 +267,14 @@ pub(crate) fn parse(status: StatusCode, body: &[u8], secrets: &[&str]) -> Result
     if !is_token68(token.expose()) {
         return Err("access_token has characters outside the RFC 6750 token68 alphabet".into());
     }
-    if let Some(tt) = &r.token_type {
-        if !tt.eq_ignore_ascii_case("bearer") && tt != "N_A" {
-            return Err(format!(
-                "token_type '{}' is not Bearer",
-                sanitize(tt, 32, secrets)
-            ));
-        }
+    if let Some(tt) = &r.token_type
+        && !tt.eq_ignore_ascii_case("bearer")
+        && tt != "N_A"
+    {
+        return Err(format!(
+            "token_type '{}' is not Bearer",
+            sanitize(tt, 32, secrets)
+        ));
     }
     let expires_in = match r.expires_in {
         None | Some(serde_json::Value::Null) => None,
