@@ -6,6 +6,8 @@
 //! - `content-type: application/grpc`: echoes the request body back as a
 //!   gRPC response with `grpc-status: 0` trailers;
 //! - `/stream`: streams the request body straight back;
+//! - `/claims`: the `sub` and `aud` of a bearer JWT, never the token itself
+//!   (so a client can see what was injected without learning it);
 //! - `Upgrade` requests: `101`, then echoes raw bytes on the upgraded stream.
 
 use std::convert::Infallible;
@@ -175,6 +177,11 @@ async fn handle(mut req: Request<Incoming>, name: &str) -> Response<Body> {
         );
         return resp;
     }
+    if req.uri().path() == "/claims" {
+        return Response::new(Either::Left(Either::Left(Full::new(Bytes::from(claims(
+            req.headers(),
+        ))))));
+    }
     if req.uri().path() == "/stream" {
         return Response::new(Either::Left(Either::Right(req.into_body())));
     }
@@ -209,4 +216,32 @@ async fn handle(mut req: Request<Incoming>, name: &str) -> Response<Body> {
         text.push_str(&format!("x-test: {}\n", v.to_str().unwrap_or("<binary>")));
     }
     Response::new(Either::Left(Either::Left(Full::new(Bytes::from(text)))))
+}
+
+fn claims(headers: &HeaderMap) -> String {
+    use base64::Engine as _;
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = token else {
+        return "bearer: none\n".into();
+    };
+    let payload = token
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    match payload {
+        Some(c) => format!(
+            "sub: {}\naud: {}\n",
+            c["sub"].as_str().unwrap_or("-"),
+            c["aud"]
+        ),
+        None => "bearer: not a JWT\n".into(),
+    }
 }

@@ -89,6 +89,32 @@ impl Proxy {
         settings: Settings,
         sources: HashMap<String, Arc<dyn TokenSource>>,
     ) -> Result<Self, StartError> {
+        let addr = settings.config.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        Self::with_listener(settings, sources, listener)
+    }
+
+    /// Like [`Proxy::bind`] on a listener bound by the caller (for example
+    /// inside the agent's network namespace); `settings.config.listen` is ignored.
+    pub fn with_std_listener(
+        settings: Settings,
+        sources: HashMap<String, Arc<dyn TokenSource>>,
+        listener: std::net::TcpListener,
+    ) -> Result<Self, StartError> {
+        let addr = listener.local_addr().unwrap_or(settings.config.listen);
+        let bind_err = |source| StartError::Bind { addr, source };
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        let listener = TcpListener::from_std(listener).map_err(bind_err)?;
+        Self::with_listener(settings, sources, listener)
+    }
+
+    fn with_listener(
+        settings: Settings,
+        sources: HashMap<String, Arc<dyn TokenSource>>,
+        listener: TcpListener,
+    ) -> Result<Self, StartError> {
         for r in settings.router.rules() {
             if !sources.contains_key(&r.provider) {
                 return Err(ConfigError::new(
@@ -109,12 +135,6 @@ impl Proxy {
         let system = tls::system_roots();
         let trust = ca.write_trust_files(&cfg.ca.dir, &system)?;
         let upstream_tls = tls::UpstreamTls::new(&cfg.upstream_tls, &system)?;
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: cfg.listen,
-                source,
-            })?;
         let ca_pem = ca.cert_pem().to_owned();
         let certs = CertCache::new(Arc::new(ca), cfg.limits.cert_cache_size);
         Ok(Proxy {

@@ -33,9 +33,22 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run an agent command that can reach the world only through Lanyard:
+    /// `lanyard run --config lanyard.yaml -- CMD ARGS...`. Exits with the agent's status.
+    Run {
+        /// Path to lanyard.yaml.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The agent command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
     /// Development tools. Never for production.
     #[command(subcommand)]
     Dev(DevCommand),
+    /// Internal: the launcher `lanyard run` uses to become the agent.
+    #[command(name = "__agent-exec", hide = true)]
+    AgentExec(crate::run::launch::LaunchArgs),
 }
 
 /// `lanyard dev ...`.
@@ -67,6 +80,21 @@ pub fn run(cli: Cli) -> i32 {
             Err(e) => report(&e),
         },
         Command::Proxy { config } => block_on(proxy(config)),
+        Command::Run { config, command } => {
+            crate::logging::init();
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return report(&Error::Start(format!("cannot start runtime: {e}"))),
+            };
+            match rt.block_on(crate::run::run(&config, command)) {
+                Ok(status) => status,
+                Err(e) => report(&e),
+            }
+        }
+        Command::AgentExec(args) => crate::run::launch::exec(&args),
         Command::Dev(DevCommand::WorkloadApi {
             socket,
             spiffe_id,
@@ -129,6 +157,8 @@ fn report(e: &Error) -> i32 {
 }
 
 async fn proxy(file: PathBuf) -> Result<(), Error> {
+    // Nobody but root may ptrace Lanyard or read its memory.
+    let _ = nix::sys::prctl::set_dumpable(false);
     let config = Config::load(&file)?;
     let proxy = crate::build_proxy(config, &file).await?;
     let addr = proxy

@@ -15,6 +15,7 @@ pub mod dev;
 pub mod grants;
 pub mod identity;
 pub mod logging;
+pub mod run;
 
 use config::{Config, ConfigFileError, ProviderKind, Validated};
 
@@ -130,14 +131,20 @@ pub async fn build_proxy(config: Config, file: &Path) -> Result<Proxy, Error> {
     let providers = start_providers(&v, file)?;
     Proxy::bind(v.settings, providers.sources)
         .await
-        .map_err(|e| match e {
-            StartError::Config(c) => Error::Config(ConfigFileError::from_field(file, c)),
-            StartError::Ca(c) => Error::Config(ConfigFileError::from_field(
-                file,
-                lanyard_proxy::ConfigError::new("ca", c.to_string()),
-            )),
-            other => Error::Start(other.to_string()),
-        })
+        .map_err(|e| start_error(file, e))
+}
+
+/// Maps a proxy start failure: config-caused ones (trust files, the CA
+/// directory or key) exit 64 naming the field; the rest exit 1.
+pub fn start_error(file: &Path, e: StartError) -> Error {
+    match e {
+        StartError::Config(c) => Error::Config(ConfigFileError::from_field(file, c)),
+        StartError::Ca(c) => Error::Config(ConfigFileError::from_field(
+            file,
+            lanyard_proxy::ConfigError::new("ca", c.to_string()),
+        )),
+        other => Error::Start(other.to_string()),
+    }
 }
 
 /// Checks a config as far as possible without binding: parse, validate, read

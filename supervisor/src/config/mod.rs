@@ -47,6 +47,62 @@ pub struct Config {
     /// Lifetime, refresh and retry policy for cached SVIDs and tokens.
     #[serde(default)]
     pub token_cache: TokenCacheConfig,
+    /// How `lanyard run` launches the agent.
+    #[serde(default)]
+    pub agent: AgentConfig,
+    /// `full` (default): the agent gets its own network and mount namespaces and
+    /// can reach nothing but the proxy. `none`: no isolation (warned at every start).
+    #[serde(default)]
+    pub isolation: Isolation,
+}
+
+/// `isolation`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Network and mount namespaces, unprivileged uid, no_new_privs.
+    #[default]
+    Full,
+    /// Run the agent beside Lanyard with no namespaces.
+    None,
+}
+
+/// `agent`: the process `lanyard run` starts.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// User name or uid to run as (default 65534, "nobody"). Never root unless explicitly `0`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Group name or gid (default: the user's primary group, else 65534).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Working directory (default: Lanyard's, or `/` if the agent cannot enter it).
+    #[serde(default)]
+    pub workdir: Option<PathBuf>,
+    /// Extra directories hidden from the agent behind an empty read-only tmpfs.
+    #[serde(default)]
+    pub hide: Vec<PathBuf>,
+    /// The agent's environment.
+    #[serde(default)]
+    pub env: AgentEnv,
+}
+
+/// `agent.env`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentEnv {
+    /// Variables passed through from Lanyard's environment (`NAME` or `PREFIX*`).
+    /// Default: PATH, HOME, LANG, LC_*, TERM, TZ.
+    #[serde(default)]
+    pub pass: Option<Vec<String>>,
+    /// Variables never passed, whatever `pass` says (`NAME` or `PREFIX*`).
+    /// `SPIFFE_*` and `LANYARD_*` are always denied.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Variables set for the agent (cannot set denied names or the proxy/CA variables).
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
 }
 
 /// `spiffe`: the Workload API.
@@ -258,6 +314,10 @@ pub struct Validated {
     pub spiffe: SpiffeConfig,
     /// Cache policy.
     pub token_cache: TokenCacheConfig,
+    /// Agent launch settings.
+    pub agent: AgentConfig,
+    /// Isolation mode.
+    pub isolation: Isolation,
 }
 
 /// A config error located in a file. Displayed as `FILE: FIELD: REASON`.
@@ -382,6 +442,8 @@ impl Config {
             endpoints,
             spiffe: self.spiffe,
             token_cache: self.token_cache,
+            agent: self.agent,
+            isolation: self.isolation,
         })
     }
 }

@@ -1,0 +1,209 @@
+//! The agent's environment: an allowlist from Lanyard's own, minus anything
+//! that could lead to the identity, plus the proxy and CA-trust variables.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::config::AgentEnv;
+
+/// Passed through when `agent.env.pass` is not given.
+pub const DEFAULT_PASS: &[&str] = &["PATH", "HOME", "LANG", "LC_*", "TERM", "TZ"];
+/// Never passed, whatever the config says.
+pub const ALWAYS_DENY: &[&str] = &["SPIFFE_*", "LANYARD_*"];
+/// Variables pointing clients at the proxy.
+pub const PROXY_VARS: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+];
+/// Variables pointing clients at the combined trust bundle.
+pub const BUNDLE_VARS: &[&str] = &[
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "AWS_CA_BUNDLE",
+    "PIP_CERT",
+    "DENO_CERT",
+];
+
+fn matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+/// Names Lanyard itself sets for the agent.
+pub fn managed(name: &str) -> bool {
+    PROXY_VARS.contains(&name)
+        || BUNDLE_VARS.contains(&name)
+        || matches!(
+            name,
+            "NO_PROXY" | "no_proxy" | "NODE_EXTRA_CA_CERTS" | "NODE_USE_ENV_PROXY"
+        )
+}
+
+/// Checks `agent.env` (field errors as `(field, reason)`).
+pub fn check(cfg: &AgentEnv) -> Result<(), (String, String)> {
+    for name in cfg.set.keys() {
+        if ALWAYS_DENY
+            .iter()
+            .chain(
+                cfg.deny
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .iter(),
+            )
+            .any(|p| matches(p, name))
+        {
+            return Err((
+                format!("agent.env.set.{name}"),
+                "is a denied variable".into(),
+            ));
+        }
+        if managed(name) {
+            return Err((
+                format!("agent.env.set.{name}"),
+                "is set by Lanyard (proxy and CA trust)".into(),
+            ));
+        }
+        if name.is_empty() || name.contains('=') || name.contains('\0') {
+            return Err((
+                format!("agent.env.set.{name}"),
+                "is not a valid variable name".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The complete environment for the agent.
+pub fn build<I>(
+    inherited: I,
+    cfg: &AgentEnv,
+    proxy_port: u16,
+    ca_pem: &Path,
+    bundle_pem: &Path,
+) -> BTreeMap<String, String>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    let pass: Vec<&str> = match &cfg.pass {
+        Some(p) => p.iter().map(String::as_str).collect(),
+        None => DEFAULT_PASS.to_vec(),
+    };
+    let denied = |name: &str| {
+        ALWAYS_DENY.iter().any(|p| matches(p, name)) || cfg.deny.iter().any(|p| matches(p, name))
+    };
+    let mut env: BTreeMap<String, String> = inherited
+        .into_iter()
+        .filter(|(k, _)| pass.iter().any(|p| matches(p, k)) && !denied(k) && !managed(k))
+        .collect();
+    for (k, v) in &cfg.set {
+        if !denied(k) && !managed(k) {
+            env.insert(k.clone(), v.clone());
+        }
+    }
+    let proxy = format!("http://127.0.0.1:{proxy_port}");
+    for k in PROXY_VARS {
+        env.insert((*k).to_owned(), proxy.clone());
+    }
+    for k in ["NO_PROXY", "no_proxy"] {
+        env.insert(k.to_owned(), "localhost,127.0.0.1,::1".to_owned());
+    }
+    env.insert("NODE_USE_ENV_PROXY".into(), "1".into());
+    let bundle = bundle_pem.display().to_string();
+    for k in BUNDLE_VARS {
+        env.insert((*k).to_owned(), bundle.clone());
+    }
+    // Node adds this to its built-in roots, so the CA alone is right here.
+    env.insert("NODE_EXTRA_CA_CERTS".into(), ca_pem.display().to_string());
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inherited() -> Vec<(String, String)> {
+        [
+            ("PATH", "/usr/bin"),
+            ("HOME", "/root"),
+            ("LC_CTYPE", "C.UTF-8"),
+            ("SPIFFE_ENDPOINT_SOCKET", "unix:///run/spire/agent.sock"),
+            ("LANYARD_LOG", "debug"),
+            ("AWS_SECRET_ACCESS_KEY", "nope"),
+            ("HTTPS_PROXY", "http://elsewhere:1"),
+            ("EDITOR", "vi"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    #[test]
+    fn allowlist_then_deny_then_managed() {
+        let cfg = AgentEnv {
+            pass: Some(vec![
+                "PATH".into(),
+                "LC_*".into(),
+                "SPIFFE_*".into(),
+                "AWS_*".into(),
+                "HTTPS_PROXY".into(),
+            ]),
+            deny: vec!["AWS_SECRET_*".into()],
+            set: [("GREETING".to_owned(), "hi".to_owned())].into(),
+        };
+        let env = build(
+            inherited(),
+            &cfg,
+            3128,
+            Path::new("/ca/ca.pem"),
+            Path::new("/ca/bundle.pem"),
+        );
+        assert_eq!(env["PATH"], "/usr/bin");
+        assert_eq!(env["LC_CTYPE"], "C.UTF-8");
+        assert_eq!(env["GREETING"], "hi");
+        assert!(!env.contains_key("HOME"), "not in pass");
+        assert!(!env.contains_key("EDITOR"));
+        assert!(
+            !env.keys()
+                .any(|k| k.starts_with("SPIFFE_") || k.starts_with("LANYARD_")),
+            "{env:?}"
+        );
+        assert!(!env.contains_key("AWS_SECRET_ACCESS_KEY"));
+        assert_eq!(
+            env["HTTPS_PROXY"], "http://127.0.0.1:3128",
+            "inherited proxy must not win"
+        );
+        assert_eq!(env["https_proxy"], "http://127.0.0.1:3128");
+        assert_eq!(env["no_proxy"], "localhost,127.0.0.1,::1");
+        assert_eq!(env["NODE_USE_ENV_PROXY"], "1");
+        for k in BUNDLE_VARS {
+            assert_eq!(env[*k], "/ca/bundle.pem", "{k}");
+        }
+        assert_eq!(env["NODE_EXTRA_CA_CERTS"], "/ca/ca.pem");
+    }
+
+    #[test]
+    fn config_cannot_set_denied_or_managed_names() {
+        for name in [
+            "SPIFFE_ENDPOINT_SOCKET",
+            "LANYARD_X",
+            "SSL_CERT_FILE",
+            "no_proxy",
+        ] {
+            let cfg = AgentEnv {
+                set: [(name.to_owned(), "x".to_owned())].into(),
+                ..AgentEnv::default()
+            };
+            let (field, _) = check(&cfg).unwrap_err();
+            assert_eq!(field, format!("agent.env.set.{name}"));
+        }
+    }
+}
