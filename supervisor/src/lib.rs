@@ -103,7 +103,10 @@ pub fn start_providers(v: &Validated, file: &Path) -> Result<Providers, ConfigFi
                             wl.clone(),
                             v.token_cache.policy(),
                         )),
-                        issuer: grants::IssuerClient::new(upstream.h1_only()),
+                        issuer: grants::IssuerClient::new(
+                            upstream.h1_only(),
+                            v.settings.resolve.clone(),
+                        ),
                         cache: grants::TokenCache::new("token", v.token_cache.policy()),
                     });
                     workload_api = Some(wl);

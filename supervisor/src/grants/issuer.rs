@@ -93,6 +93,7 @@ pub struct Issued {
 #[derive(Debug, Clone)]
 pub struct IssuerClient {
     tls: Arc<rustls::ClientConfig>,
+    resolve: Arc<std::collections::HashMap<lanyard_proxy::parse::Host, IpAddr>>,
 }
 
 #[derive(Deserialize)]
@@ -109,9 +110,16 @@ struct ErrorResponse {
 }
 
 impl IssuerClient {
-    /// Verifies issuers against `tls`'s roots (the same trust as upstreams).
-    pub fn new(tls: Arc<rustls::ClientConfig>) -> Self {
-        Self { tls }
+    /// Verifies issuers against `tls`'s roots (the same trust as upstreams)
+    /// and resolves pinned names (`resolve:` in the config) before DNS.
+    pub fn new(
+        tls: Arc<rustls::ClientConfig>,
+        resolve: std::collections::HashMap<lanyard_proxy::parse::Host, IpAddr>,
+    ) -> Self {
+        Self {
+            tls,
+            resolve: Arc::new(resolve),
+        }
     }
 
     /// POSTs `form` and returns the token. `secrets` (the assertion) are
@@ -143,14 +151,20 @@ impl IssuerClient {
         secrets: &[&str],
     ) -> Result<Issued, String> {
         let at = |what: String| format!("token endpoint {}: {what}", ep.text);
-        let addrs: Vec<std::net::SocketAddr> = tokio::time::timeout(
-            limits.connect_timeout,
-            tokio::net::lookup_host((ep.host.as_str(), ep.port)),
-        )
-        .await
-        .map_err(|_| at("DNS lookup timed out".into()))?
-        .map_err(|e| at(format!("cannot resolve: {e}")))?
-        .collect();
+        let pinned = lanyard_proxy::parse::Host::parse(&ep.host)
+            .ok()
+            .and_then(|h| self.resolve.get(&h).copied());
+        let addrs: Vec<std::net::SocketAddr> = match pinned {
+            Some(ip) => vec![std::net::SocketAddr::new(ip, ep.port)],
+            None => tokio::time::timeout(
+                limits.connect_timeout,
+                tokio::net::lookup_host((ep.host.as_str(), ep.port)),
+            )
+            .await
+            .map_err(|_| at("DNS lookup timed out".into()))?
+            .map_err(|e| at(format!("cannot resolve: {e}")))?
+            .collect(),
+        };
         if !ep.tls && addrs.iter().any(|a| !a.ip().is_loopback()) {
             return Err(at(
                 "resolves to a non-loopback address; plain http refused".into()

@@ -1,0 +1,289 @@
+//! The demo token issuer. It verifies JWT-SVIDs against the SPIRE trust
+//! bundle it fetches over the Workload API (no key copied by hand), enforces
+//! `aud`, `exp`, `nbf` (30 s leeway) and an allowed SPIFFE ID prefix, and
+//! mints ES256 access tokens for the audiences and scopes it knows.
+//!
+//! Grants: `client_credentials` with a `jwt-bearer` or `jwt-spiffe` client
+//! assertion, RFC 8693 `token-exchange`, and RFC 7523 `jwt-bearer`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::https::{self, Req};
+use crate::jwt::{self, Es256, Key};
+
+const LEEWAY_S: u64 = 30;
+
+/// What the issuer accepts and grants.
+pub struct IssuerConfig {
+    /// Its host name (`issuer.demo.test`); the token endpoint is `https://NAME:PORT/token`.
+    pub name: String,
+    /// Where to listen.
+    pub bind: SocketAddr,
+    /// Its TLS server config.
+    pub tls: Arc<rustls::ServerConfig>,
+    /// The Workload API (`unix:///...`) to fetch JWT bundles from.
+    pub workload_api: String,
+    /// SPIFFE IDs allowed to obtain tokens start with this.
+    pub allowed_prefix: String,
+    /// Audience → scopes that may be granted for it.
+    pub audiences: BTreeMap<String, Vec<String>>,
+    /// Token lifetime in seconds.
+    pub ttl: u64,
+}
+
+/// A running issuer.
+pub struct Issuer {
+    /// Bound address.
+    pub addr: SocketAddr,
+    /// `https://NAME:PORT`.
+    pub url: String,
+    /// Tokens issued so far.
+    pub issued: Arc<AtomicUsize>,
+    /// Distinct JWT-SVID `jti`s presented so far (to see re-fetches).
+    pub svids: Arc<Mutex<Vec<String>>>,
+}
+
+struct State {
+    cfg: IssuerConfig,
+    url: String,
+    key: Es256,
+    bundle: RwLock<HashMap<String, Key>>,
+    client: tokio::sync::Mutex<Option<spiffe::WorkloadApiClient>>,
+    issued: Arc<AtomicUsize>,
+    svids: Arc<Mutex<Vec<String>>>,
+}
+
+/// Starts the issuer.
+pub async fn start(cfg: IssuerConfig) -> Result<Issuer, String> {
+    let key = Es256::generate()?;
+    let issued = Arc::new(AtomicUsize::new(0));
+    let svids = Arc::new(Mutex::new(Vec::new()));
+    let listener =
+        std::net::TcpListener::bind(cfg.bind).map_err(|e| format!("bind {}: {e}", cfg.bind))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    drop(listener);
+    let url = format!("https://{}:{}", cfg.name, addr.port());
+    let tls = cfg.tls.clone();
+    let state = Arc::new(State {
+        cfg,
+        url: url.clone(),
+        key,
+        bundle: RwLock::new(HashMap::new()),
+        client: tokio::sync::Mutex::new(None),
+        issued: issued.clone(),
+        svids: svids.clone(),
+    });
+    state.refresh_bundle().await?;
+    let s = state.clone();
+    let addr = https::serve(addr, tls, move |req| {
+        let s = s.clone();
+        async move { s.handle(req).await }
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(Issuer {
+        addr,
+        url,
+        issued,
+        svids,
+    })
+}
+
+fn oauth_error(
+    status: StatusCode,
+    error: &str,
+    description: &str,
+) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    crate::log(&format!("issuer: refused: {error}: {description}"));
+    https::json(
+        status,
+        &json!({"error": error, "error_description": description}),
+    )
+}
+
+impl State {
+    async fn refresh_bundle(&self) -> Result<(), String> {
+        let mut guard = self.client.lock().await;
+        if guard.is_none() {
+            *guard = Some(
+                spiffe::WorkloadApiClient::connect_to(&self.cfg.workload_api)
+                    .await
+                    .map_err(|e| format!("Workload API {}: {e}", self.cfg.workload_api))?,
+            );
+        }
+        let client = guard.as_ref().ok_or("no Workload API client")?;
+        let set = match client.fetch_jwt_bundles().await {
+            Ok(s) => s,
+            Err(e) => {
+                *guard = None;
+                return Err(format!("FetchJWTBundles: {e}"));
+            }
+        };
+        let mut keys = HashMap::new();
+        for (_, bundle) in set.iter() {
+            for a in bundle.jwt_authorities() {
+                let jwk: Value = serde_json::from_slice(a.jwk_json()).map_err(|e| e.to_string())?;
+                if let Ok(k) = Key::from_jwk(&jwk) {
+                    keys.insert(a.key_id().to_owned(), k);
+                }
+            }
+        }
+        if let Ok(mut b) = self.bundle.write() {
+            *b = keys;
+        }
+        Ok(())
+    }
+
+    async fn key_for(&self, kid: &str) -> Option<Key> {
+        let cached = self.bundle.read().ok().and_then(|b| b.get(kid).cloned());
+        if cached.is_some() {
+            return cached;
+        }
+        // SPIRE rotates JWT keys: an unknown kid means the bundle moved on.
+        let _ = self.refresh_bundle().await;
+        self.bundle.read().ok().and_then(|b| b.get(kid).cloned())
+    }
+
+    async fn handle(&self, req: Req) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/jwks") => https::json(StatusCode::OK, &self.key.jwks()),
+            (&Method::POST, "/token") => self.token(req.body()).await,
+            _ => https::text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    async fn token(&self, body: &[u8]) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+        let form: HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
+        let f = |k: &str| form.get(k).map(String::as_str);
+        let (grant, svid) = match f("grant_type") {
+            Some("client_credentials") => {
+                let t = f("client_assertion_type").unwrap_or("");
+                if t != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+                    && t != "urn:ietf:params:oauth:client-assertion-type:jwt-spiffe"
+                {
+                    return oauth_error(
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_client",
+                        "client_assertion_type must be jwt-bearer or jwt-spiffe",
+                    );
+                }
+                ("client_credentials", f("client_assertion"))
+            }
+            Some("urn:ietf:params:oauth:grant-type:token-exchange") => {
+                if f("subject_token_type") != Some("urn:ietf:params:oauth:token-type:jwt") {
+                    return oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "subject_token_type must be urn:ietf:params:oauth:token-type:jwt",
+                    );
+                }
+                ("token_exchange", f("subject_token"))
+            }
+            Some("urn:ietf:params:oauth:grant-type:jwt-bearer") => ("jwt_bearer", f("assertion")),
+            other => {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "unsupported_grant_type",
+                    &format!("{other:?} is not supported"),
+                );
+            }
+        };
+        let Some(svid) = svid else {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "no JWT-SVID presented",
+            );
+        };
+        let sub = match self.verify_svid(svid).await {
+            Ok(s) => s,
+            Err(e) => {
+                return oauth_error(
+                    StatusCode::UNAUTHORIZED,
+                    if grant == "client_credentials" {
+                        "invalid_client"
+                    } else {
+                        "invalid_grant"
+                    },
+                    &e,
+                );
+            }
+        };
+        let Some(aud) = f("audience").or_else(|| f("resource")) else {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_target",
+                "name the audience of the token",
+            );
+        };
+        let Some(allowed) = self.cfg.audiences.get(aud) else {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_target",
+                &format!("unknown audience '{aud}'"),
+            );
+        };
+        let requested: Vec<&str> = f("scope")
+            .map(|s| s.split(' ').filter(|x| !x.is_empty()).collect())
+            .unwrap_or_default();
+        if let Some(bad) = requested.iter().find(|s| !allowed.iter().any(|a| a == *s)) {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                &format!("scope '{bad}' is not allowed for '{aud}'"),
+            );
+        }
+        let scope = if requested.is_empty() {
+            allowed.join(" ")
+        } else {
+            requested.join(" ")
+        };
+        let now = jwt::now();
+        let claims = json!({
+            "iss": self.url, "sub": sub, "aud": aud, "scope": scope,
+            "azp": f("client_id").unwrap_or(&sub), "iat": now, "exp": now + self.cfg.ttl, "jti": self.key.jti(),
+        });
+        let token = match self.key.sign(&claims) {
+            Ok(t) => t,
+            Err(e) => return oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e),
+        };
+        self.issued.fetch_add(1, Ordering::SeqCst);
+        crate::log(&format!(
+            "issuer: {grant}: issued aud={aud} scope=\"{scope}\" to {sub}"
+        ));
+        let mut resp = json!({"access_token": token, "token_type": "Bearer", "expires_in": self.cfg.ttl, "scope": scope});
+        if grant == "token_exchange" {
+            resp["issued_token_type"] = json!("urn:ietf:params:oauth:token-type:access_token");
+        }
+        https::json(StatusCode::OK, &resp)
+    }
+
+    async fn verify_svid(&self, svid: &str) -> Result<String, String> {
+        let kid = jwt::kid(svid).ok_or("JWT-SVID has no kid")?;
+        let key = self
+            .key_for(&kid)
+            .await
+            .ok_or_else(|| format!("kid '{kid}' is not in the SPIRE trust bundle"))?;
+        let v = jwt::verify(svid, &key, LEEWAY_S)?;
+        let endpoint = format!("{}/token", self.url);
+        if !jwt::has_audience(&v.claims, &endpoint) {
+            return Err(format!("JWT-SVID audience must include {endpoint}"));
+        }
+        let sub = v.claims["sub"].as_str().ok_or("JWT-SVID has no sub")?;
+        if !sub.starts_with(&self.cfg.allowed_prefix) {
+            return Err(format!("{sub} is not allowed here"));
+        }
+        if let (Some(jti), Ok(mut seen)) = (v.claims["jti"].as_str(), self.svids.lock()) {
+            if !seen.iter().any(|s| s == jti) {
+                seen.push(jti.to_owned());
+            }
+        }
+        Ok(sub.to_owned())
+    }
+}
