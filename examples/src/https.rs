@@ -16,12 +16,13 @@ use tokio::net::TcpListener;
 /// A request with its body collected (at most 64 KiB).
 pub type Req = Request<Bytes>;
 
-/// Serves HTTPS/1.1 on `bind` with `handler`; returns the bound address.
+/// Serves HTTPS/1.1 on `bind` with `handler`; returns the bound address and
+/// a handle that stops accepting when aborted.
 pub async fn serve<F, Fut>(
     bind: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
     handler: F,
-) -> std::io::Result<SocketAddr>
+) -> std::io::Result<(SocketAddr, tokio::task::AbortHandle)>
 where
     F: Fn(Req) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
@@ -29,7 +30,7 @@ where
     let listener = TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
@@ -58,7 +59,7 @@ where
             });
         }
     });
-    Ok(addr)
+    Ok((addr, task.abort_handle()))
 }
 
 /// A plain-text response.
@@ -80,9 +81,9 @@ pub fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> 
         .unwrap_or_default()
 }
 
-/// GETs `https://host{path}` from `addr`, trusting only `roots`.
+/// GETs `https://host{path}` from `addr` (`ip:port` or `name:port`), trusting only `roots`.
 pub async fn get(
-    addr: SocketAddr,
+    addr: &str,
     host: &str,
     path: &str,
     roots: &[CertificateDer<'static>],

@@ -45,8 +45,16 @@ pub struct Issuer {
     pub url: String,
     /// Tokens issued so far.
     pub issued: Arc<AtomicUsize>,
-    /// Distinct JWT-SVID `jti`s presented so far (to see re-fetches).
+    /// Distinct JWT-SVIDs presented so far (by digest), to see re-fetches.
     pub svids: Arc<Mutex<Vec<String>>>,
+    stop: tokio::task::AbortHandle,
+}
+
+impl Issuer {
+    /// Stops accepting connections (the port is free again).
+    pub fn stop(&self) {
+        self.stop.abort();
+    }
 }
 
 struct State {
@@ -81,7 +89,7 @@ pub async fn start(cfg: IssuerConfig) -> Result<Issuer, String> {
     });
     state.refresh_bundle().await?;
     let s = state.clone();
-    let addr = https::serve(addr, tls, move |req| {
+    let (addr, stop) = https::serve(addr, tls, move |req| {
         let s = s.clone();
         async move { s.handle(req).await }
     })
@@ -92,6 +100,7 @@ pub async fn start(cfg: IssuerConfig) -> Result<Issuer, String> {
         url,
         issued,
         svids,
+        stop,
     })
 }
 
@@ -279,10 +288,16 @@ impl State {
         if !sub.starts_with(&self.cfg.allowed_prefix) {
             return Err(format!("{sub} is not allowed here"));
         }
-        if let (Some(jti), Ok(mut seen)) = (v.claims["jti"].as_str(), self.svids.lock()) {
-            if !seen.iter().any(|s| s == jti) {
-                seen.push(jti.to_owned());
-            }
+        // SPIRE's JWT-SVIDs carry no jti: tell them apart by digest.
+        let digest = ring::digest::digest(&ring::digest::SHA256, svid.as_bytes());
+        let id: String = digest.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if let Ok(mut seen) = self.svids.lock()
+            && !seen.contains(&id)
+        {
+            seen.push(id);
         }
         Ok(sub.to_owned())
     }

@@ -115,10 +115,10 @@ pub fn verify(token: &str, key: &Key, leeway_s: u64) -> Result<Verified, String>
     if exp + leeway_s <= now {
         return Err("token expired".into());
     }
-    if let Some(nbf) = claims["nbf"].as_u64() {
-        if nbf > now + leeway_s {
-            return Err("token not yet valid (nbf)".into());
-        }
+    if let Some(nbf) = claims["nbf"].as_u64()
+        && nbf > now + leeway_s
+    {
+        return Err("token not yet valid (nbf)".into());
     }
     Ok(Verified { header, claims })
 }

@@ -23,8 +23,8 @@ pub struct ServiceConfig {
     pub tls: Arc<rustls::ServerConfig>,
     /// Expected `iss` (`https://issuer.demo.test:PORT`).
     pub issuer: String,
-    /// Where the issuer is reachable, and its host name.
-    pub issuer_addr: SocketAddr,
+    /// Where the issuer is reachable (`ip:port` or `name:port`).
+    pub issuer_addr: String,
     /// Host name of the issuer (for TLS).
     pub issuer_host: String,
     /// Roots for the issuer's certificate.
@@ -56,7 +56,7 @@ pub async fn start(cfg: ServiceConfig) -> Result<Service, String> {
         keys: RwLock::new(HashMap::new()),
         accepted: accepted.clone(),
     });
-    let addr = https::serve(bind, tls, move |req| {
+    let (addr, _stop) = https::serve(bind, tls, move |req| {
         let s = state.clone();
         async move { s.handle(req).await }
     })
@@ -72,7 +72,7 @@ impl State {
         }
         // Unknown kid: the issuer may have restarted with a new key.
         let (status, body) = https::get(
-            self.cfg.issuer_addr,
+            &self.cfg.issuer_addr,
             &self.cfg.issuer_host,
             "/jwks",
             &self.cfg.roots,

@@ -20,7 +20,7 @@ async fn main() -> Result<(), lanyard_examples::pki::Error> {
             "--cert" => cert = Some(PathBuf::from(v)),
             "--key" => key = Some(PathBuf::from(v)),
             "--issuer" => issuer = Some(v),
-            "--issuer-addr" => issuer_addr = Some(v.parse()?),
+            "--issuer-addr" => issuer_addr = Some(v),
             "--ca" => ca = Some(PathBuf::from(v)),
             "--scope" => scope = Some(v),
             "--listen" => listen = v,

@@ -1,0 +1,285 @@
+//! End to end with a real SPIRE server and agent: JWT-SVIDs from SPIRE,
+//! exchanged at the demo issuer (which verifies them against the trust bundle
+//! it fetches over the Workload API), injected into requests to the demo's
+//! protected services. Covers every grant, an agent restart, short-lived
+//! SVIDs being fetched again, and an issuer restart.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "integration tests: a panic is a failed assertion"
+)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use lanyard_examples::issuer::{self, Issuer, IssuerConfig};
+use lanyard_examples::service::{self, Service, ServiceConfig};
+use lanyard_tests::spire::Spire;
+use lanyard_tests::*;
+
+const AGENT_ID: &str = "spiffe://demo.test/sandbox/agent-1";
+const H1: &[u8] = b"http/1.1";
+
+struct Demo {
+    w: World,
+    spire: Spire,
+    issuer: Issuer,
+    alpha: Service,
+    beta: Service,
+    direct: lanyard_examples::echo::Echo,
+}
+
+async fn issuer_on(w: &World, spire: &Spire, bind: SocketAddr, ttl: u64) -> Issuer {
+    let tls = w.leaf(&["issuer.demo.test"]).server_config(&[H1]).unwrap();
+    let audiences: BTreeMap<String, Vec<String>> = [
+        (
+            "alpha".to_owned(),
+            vec!["alpha.read".to_owned(), "alpha.write".to_owned()],
+        ),
+        ("beta".to_owned(), vec!["beta.read".to_owned()]),
+    ]
+    .into();
+    issuer::start(IssuerConfig {
+        name: "issuer.demo.test".into(),
+        bind,
+        tls,
+        workload_api: spire.endpoint(),
+        allowed_prefix: "spiffe://demo.test/sandbox/".into(),
+        audiences,
+        ttl,
+    })
+    .await
+    .unwrap()
+}
+
+async fn service(w: &World, issuer: &Issuer, name: &str) -> Service {
+    service::start(ServiceConfig {
+        name: name.into(),
+        bind: loopback(),
+        tls: w
+            .leaf(&[&format!("{name}.demo.test")])
+            .server_config(&[H1])
+            .unwrap(),
+        issuer: issuer.url.clone(),
+        issuer_addr: issuer.addr.to_string(),
+        issuer_host: "issuer.demo.test".into(),
+        roots: vec![w.pki.ca_der().clone()],
+        scope: format!("{name}.read"),
+    })
+    .await
+    .unwrap()
+}
+
+impl Demo {
+    async fn new(svid_ttl: Option<u32>, token_ttl: u64) -> Self {
+        let w = World::new();
+        let spire = tokio::task::spawn_blocking(move || {
+            let s = Spire::start();
+            // This test process (and the in-process Lanyard) runs as root.
+            s.register(AGENT_ID, "unix:uid:0", svid_ttl);
+            s
+        })
+        .await
+        .unwrap();
+        let issuer = issuer_on(&w, &spire, loopback(), token_ttl).await;
+        let alpha = service(&w, &issuer, "alpha").await;
+        let beta = service(&w, &issuer, "beta").await;
+        let direct = w.upstream("direct", &["direct.demo.test"], &[H1]).await;
+        Demo {
+            w,
+            spire,
+            issuer,
+            alpha,
+            beta,
+            direct,
+        }
+    }
+
+    fn yaml(&self, cache: &str) -> String {
+        let grant = |name: &str, body: &str| {
+            format!(
+                "  {name}: {{ token_grant: {{ token_endpoint: \"{}/token\", {body} }} }}\n",
+                self.issuer.url
+            )
+        };
+        let mut y = self.w.base_yaml();
+        y.push_str(&grant(
+            "cc",
+            "grant: client_credentials, client_id: lanyard-demo",
+        ));
+        y.push_str(&grant("ccs", "grant: client_credentials, client_assertion_type: \"urn:ietf:params:oauth:client-assertion-type:jwt-spiffe\""));
+        y.push_str(&grant("tx", "grant: token_exchange"));
+        y.push_str(&grant("jb", "grant: jwt_bearer"));
+        y.push_str("  svid: { token_grant: { grant: jwt_svid } }\n");
+        y.push_str(&format!(
+            "spiffe: {{ endpoint_socket: \"{}\" }}\nresolve: {{ issuer.demo.test: 127.0.0.1, alpha.demo.test: 127.0.0.1, beta.demo.test: 127.0.0.1, direct.demo.test: 127.0.0.1 }}\n{cache}endpoints:\n",
+            self.spire.endpoint()
+        ));
+        let (a, b, d) = (
+            self.alpha.addr.port(),
+            self.beta.addr.port(),
+            self.direct.addr.port(),
+        );
+        for p in ["cc", "ccs", "tx", "jb"] {
+            y.push_str(&format!("  - {{ name: alpha-{p}, host: alpha.demo.test, port: {a}, path: /{p}, provider: {p}, audience: alpha, scopes: [alpha.read] }}\n"));
+        }
+        y.push_str(&format!("  - {{ name: beta, host: beta.demo.test, port: {b}, provider: tx, audience: beta, scopes: [beta.read] }}\n"));
+        y.push_str(&format!("  - {{ name: direct, host: direct.demo.test, port: {d}, provider: svid, audience: direct }}\n"));
+        y
+    }
+}
+
+async fn get_via(p: &Running, host: &str, port: u16, path: &str) -> Collected {
+    let auth = format!("{host}:{port}");
+    let tls = intercepted(p, &auth, host, &[H1]).await;
+    let mut c = Client::new(tls, false).await;
+    c.send(get(path, &auth)).await
+}
+
+fn accepted(r: &Collected, aud: &str) {
+    assert_eq!(r.status, http::StatusCode::OK, "{}", r.body);
+    for want in [
+        format!("audience: {aud}\n"),
+        format!("scope: {aud}.read\n"),
+        format!("subject: {AGENT_ID}\n"),
+    ] {
+        assert!(r.body.contains(&want), "missing {want:?} in {}", r.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_grant_through_real_spire() {
+    let d = Demo::new(None, 300).await;
+    let p = start(&d.yaml(""), d.w.dir.path()).await;
+    for grant in ["cc", "ccs", "tx", "jb"] {
+        let r = get_via(
+            &p,
+            "alpha.demo.test",
+            d.alpha.addr.port(),
+            &format!("/{grant}"),
+        )
+        .await;
+        accepted(&r, "alpha");
+    }
+    accepted(
+        &get_via(&p, "beta.demo.test", d.beta.addr.port(), "/").await,
+        "beta",
+    );
+    assert_eq!(d.issuer.issued.load(std::sync::atomic::Ordering::SeqCst), 5);
+    // jwt_svid: the upstream gets a SPIRE-issued SVID for its own audience.
+    let r = get_via(&p, "direct.demo.test", d.direct.addr.port(), "/claims").await;
+    assert!(
+        r.body.contains(&format!("sub: {AGENT_ID}\n")) && r.body.contains("aud: [\"direct\"]"),
+        "{}",
+        r.body
+    );
+    // Both services saw the same workload, and nobody else.
+    assert!(
+        d.alpha
+            .accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|s| s == AGENT_ID)
+    );
+    assert_eq!(d.beta.accepted.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spire_agent_restart_is_survived() {
+    let mut d = Demo::new(Some(6), 4).await;
+    let p = start(
+        &d.yaml("token_cache: { skew: 0s, backoff_initial: 200ms, backoff_max: 1s }\n"),
+        d.w.dir.path(),
+    )
+    .await;
+    let port = d.alpha.addr.port();
+    accepted(&get_via(&p, "alpha.demo.test", port, "/tx").await, "alpha");
+    let svids_before = d.issuer.svids.lock().unwrap().len();
+    tokio::task::block_in_place(|| d.spire.stop_agent());
+    // The cached token keeps serving while the agent is away.
+    accepted(&get_via(&p, "alpha.demo.test", port, "/tx").await, "alpha");
+    tokio::task::block_in_place(|| d.spire.start_agent());
+    let back = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let r = get_via(&p, "alpha.demo.test", port, "/tx").await;
+        assert!(
+            r.status == http::StatusCode::OK || r.status == http::StatusCode::SERVICE_UNAVAILABLE,
+            "unexpected {}: {}",
+            r.status,
+            r.body
+        );
+        if r.status == http::StatusCode::OK && d.issuer.svids.lock().unwrap().len() > svids_before {
+            accepted(&r, "alpha");
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(40),
+            "no new SVID after the agent returned: {}\n{}",
+            r.body,
+            d.spire.agent_log()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_svids_are_fetched_again() {
+    let d = Demo::new(Some(4), 2).await;
+    let p = start(
+        &d.yaml("token_cache: { skew: 0s, refresh_ahead: 0.5 }\n"),
+        d.w.dir.path(),
+    )
+    .await;
+    let port = d.alpha.addr.port();
+    let t0 = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    while t0.elapsed() < Duration::from_secs(9) {
+        tick.tick().await;
+        accepted(&get_via(&p, "alpha.demo.test", port, "/jb").await, "alpha");
+    }
+    let svids = d.issuer.svids.lock().unwrap().len();
+    assert!(
+        svids >= 3,
+        "only {svids} distinct JWT-SVIDs over 9 s with a 4 s TTL"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_restart_is_survived() {
+    let d = Demo::new(None, 3).await;
+    let p = start(
+        &d.yaml("token_cache: { skew: 0s, backoff_initial: 200ms, backoff_max: 1s }\n"),
+        d.w.dir.path(),
+    )
+    .await;
+    let port = d.alpha.addr.port();
+    accepted(&get_via(&p, "alpha.demo.test", port, "/cc").await, "alpha");
+    let addr = d.issuer.addr;
+    d.issuer.stop();
+    // Cached token still accepted by alpha.
+    accepted(&get_via(&p, "alpha.demo.test", port, "/cc").await, "alpha");
+    // A new issuer process on the same address, with a new signing key.
+    let again = issuer_on(&d.w, &d.spire, addr, 3).await;
+    let back = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let r = get_via(&p, "alpha.demo.test", port, "/cc").await;
+        if again.issued.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && r.status == http::StatusCode::OK
+        {
+            // alpha fetched the new issuer's JWKS on the unknown kid.
+            accepted(&r, "alpha");
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "no token from the restarted issuer: {}",
+            r.body
+        );
+    }
+}
