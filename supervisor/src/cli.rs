@@ -80,20 +80,7 @@ pub fn run(cli: Cli) -> i32 {
             Err(e) => report(&e),
         },
         Command::Proxy { config } => block_on(proxy(config)),
-        Command::Run { config, command } => {
-            crate::logging::init();
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => return report(&Error::Start(format!("cannot start runtime: {e}"))),
-            };
-            match rt.block_on(crate::run::run(&config, command)) {
-                Ok(status) => status,
-                Err(e) => report(&e),
-            }
-        }
+        Command::Run { config, command } => block_on(crate::run::run(&config, command)),
         Command::AgentExec(args) => crate::run::launch::exec(&args),
         Command::Dev(DevCommand::WorkloadApi {
             socket,
@@ -103,7 +90,8 @@ pub fn run(cli: Cli) -> i32 {
     }
 }
 
-fn block_on(fut: impl std::future::Future<Output = Result<(), Error>>) -> i32 {
+/// Runs `fut` on a fresh runtime with logging; `Ok` carries the exit status.
+fn block_on<T: ExitStatus>(fut: impl std::future::Future<Output = Result<T, Error>>) -> i32 {
     crate::logging::init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -113,8 +101,25 @@ fn block_on(fut: impl std::future::Future<Output = Result<(), Error>>) -> i32 {
         Err(e) => return report(&Error::Start(format!("cannot start runtime: {e}"))),
     };
     match rt.block_on(fut) {
-        Ok(()) => 0,
+        Ok(v) => v.status(),
         Err(e) => report(&e),
+    }
+}
+
+/// What a successful command exits with.
+trait ExitStatus {
+    fn status(self) -> i32;
+}
+
+impl ExitStatus for () {
+    fn status(self) -> i32 {
+        0
+    }
+}
+
+impl ExitStatus for i32 {
+    fn status(self) -> i32 {
+        self
     }
 }
 

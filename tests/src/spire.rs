@@ -176,19 +176,15 @@ plugins {{
     }
 
     fn server_cmd(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(self.bin.join("spire-server"))
-            .args(args)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        self.cmd("spire-server", args)
     }
 
     fn agent_cmd(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(self.bin.join("spire-agent"))
+        self.cmd("spire-agent", args)
+    }
+
+    fn cmd(&self, bin: &str, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(self.bin.join(bin))
             .args(args)
             .output()
             .map_err(|e| e.to_string())?;

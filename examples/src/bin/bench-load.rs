@@ -1,0 +1,232 @@
+//! `bench-load`: a closed-loop HTTPS load generator for `scripts/bench`.
+//!
+//! bench-load --target HOST:PORT --connect ADDR --ca FILE [--proxy ADDR]
+//!            [--mode h1|h2|newconn] [--conns N] [--streams N] [--seconds S]
+//!
+//! Prints one line: `mode=.. requests=.. rps=.. p50_us=.. p99_us=.. errors=..`.
+//! `--connect` is where the TCP connection goes when there is no proxy.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Clone)]
+struct Opts {
+    target: String,
+    host: String,
+    connect: String,
+    proxy: Option<String>,
+    tls: Arc<rustls::ClientConfig>,
+    mode: String,
+}
+
+async fn open(o: &Opts, alpn: &[u8]) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Error> {
+    let mut tcp = TcpStream::connect(o.proxy.as_deref().unwrap_or(&o.connect)).await?;
+    tcp.set_nodelay(true)?;
+    if o.proxy.is_some() {
+        tcp.write_all(
+            format!("CONNECT {t} HTTP/1.1\r\nHost: {t}\r\n\r\n", t = o.target).as_bytes(),
+        )
+        .await?;
+        let mut buf = Vec::new();
+        let mut b = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            if tcp.read(&mut b).await? == 0 {
+                return Err("proxy closed".into());
+            }
+            buf.push(b[0]);
+        }
+        if !buf.starts_with(b"HTTP/1.1 200") {
+            return Err(format!("CONNECT: {}", String::from_utf8_lossy(&buf)).into());
+        }
+    }
+    let mut cfg = (*o.tls).clone();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    let name = ServerName::try_from(o.host.clone())?;
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await?)
+}
+
+fn req(o: &Opts, h2: bool) -> http::Request<Full<Bytes>> {
+    let uri = if h2 {
+        format!("https://{}/bench", o.target)
+    } else {
+        "/bench".to_owned()
+    };
+    let mut r = http::Request::get(uri);
+    if !h2 {
+        r = r.header("host", &o.target);
+    }
+    r.body(Full::new(Bytes::new())).unwrap_or_default()
+}
+
+/// One worker: requests until `end`, recording latencies.
+async fn worker(o: Opts, end: Instant) -> (Vec<u32>, u64) {
+    let mut lat = Vec::new();
+    let mut errors = 0u64;
+    match o.mode.as_str() {
+        "newconn" => {
+            while Instant::now() < end {
+                let t = Instant::now();
+                let ok = async {
+                    let tls = open(&o, b"http/1.1").await?;
+                    let (mut s, c) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+                    tokio::spawn(c);
+                    let resp = s.send_request(req(&o, false)).await?;
+                    resp.into_body().collect().await?;
+                    Ok::<_, Error>(())
+                }
+                .await;
+                match ok {
+                    Ok(()) => lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX)),
+                    Err(_) => errors += 1,
+                }
+            }
+        }
+        _ => {
+            let Ok(tls) = open(&o, b"http/1.1").await else {
+                return (lat, 1);
+            };
+            let Ok((mut s, c)) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await
+            else {
+                return (lat, 1);
+            };
+            tokio::spawn(c);
+            while Instant::now() < end {
+                let t = Instant::now();
+                let ok = match s.send_request(req(&o, false)).await {
+                    Ok(resp) => resp.into_body().collect().await.is_ok(),
+                    Err(_) => false,
+                };
+                if ok {
+                    lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                } else {
+                    errors += 1;
+                }
+            }
+        }
+    }
+    (lat, errors)
+}
+
+async fn h2_conn(o: Opts, streams: usize, end: Instant) -> (Vec<u32>, u64) {
+    let Ok(tls) = open(&o, b"h2").await else {
+        return (Vec::new(), 1);
+    };
+    let Ok((s, c)) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await
+    else {
+        return (Vec::new(), 1);
+    };
+    tokio::spawn(c);
+    let mut tasks = Vec::new();
+    for _ in 0..streams {
+        let (mut s, o) = (s.clone(), o.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut lat, mut errors) = (Vec::new(), 0u64);
+            while Instant::now() < end {
+                let t = Instant::now();
+                let ok = match s.send_request(req(&o, true)).await {
+                    Ok(r) => r.into_body().collect().await.is_ok(),
+                    Err(_) => false,
+                };
+                if ok {
+                    lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                } else {
+                    errors += 1;
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            lat.extend(l);
+            errors += e;
+        }
+    }
+    (lat, errors)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let mut a = std::env::args().skip(1);
+    let (mut target, mut connect, mut ca, mut proxy) = (None, None, None, None);
+    let (mut mode, mut conns, mut streams, mut secs) = ("h1".to_owned(), 16usize, 8usize, 5u64);
+    while let Some(f) = a.next() {
+        let v = a.next().ok_or("flag needs a value")?;
+        match f.as_str() {
+            "--target" => target = Some(v),
+            "--connect" => connect = Some(v),
+            "--ca" => ca = Some(v),
+            "--proxy" => proxy = Some(v),
+            "--mode" => mode = v,
+            "--conns" => conns = v.parse()?,
+            "--streams" => streams = v.parse()?,
+            "--seconds" => secs = v.parse()?,
+            other => return Err(format!("unknown flag {other}").into()),
+        }
+    }
+    let target: String = target.ok_or("--target")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in lanyard_examples::pki::read_certs(std::path::Path::new(&ca.ok_or("--ca")?))? {
+        roots.add(c)?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let o = Opts {
+        host: target.split(':').next().unwrap_or_default().to_owned(),
+        connect: connect.unwrap_or_else(|| target.clone()),
+        target,
+        proxy,
+        tls: Arc::new(tls),
+        mode: mode.clone(),
+    };
+    let start = Instant::now();
+    let end = start + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let o = o.clone();
+        if mode == "h2" {
+            tasks.push(tokio::spawn(h2_conn(o, streams, end)));
+        } else {
+            tasks.push(tokio::spawn(worker(o, end)));
+        }
+    }
+    let (mut lat, mut errors) = (Vec::new(), 0u64);
+    for t in tasks {
+        let (l, e) = t.await?;
+        lat.extend(l);
+        errors += e;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "mode={mode} requests={} rps={:.0} p50_us={} p99_us={} errors={errors}",
+        lat.len(),
+        lat.len() as f64 / elapsed,
+        pct(0.50),
+        pct(0.99)
+    );
+    Ok(())
+}
