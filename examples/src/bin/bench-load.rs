@@ -216,17 +216,17 @@ async fn main() -> Result<(), Error> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
+    // Percentile by rank, in per-mille, with integer arithmetic.
+    let pct = |permille: usize| {
+        let i = (lat.len() * permille / 1000).min(lat.len().saturating_sub(1));
+        lat.get(i).copied().unwrap_or(0)
     };
     println!(
         "mode={mode} requests={} rps={:.0} p50_us={} p99_us={} errors={errors}",
         lat.len(),
         lat.len() as f64 / elapsed,
-        pct(0.50),
-        pct(0.99)
+        pct(500),
+        pct(990)
     );
     Ok(())
 }
