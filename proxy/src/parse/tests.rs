@@ -91,3 +91,41 @@ fn prefixes_are_segment_wise() {
     let escaped = normalize_path("/api/%2e%2e/admin").unwrap();
     assert!(!path_has_prefix(&escaped, "/api"));
 }
+
+/// Randomised check of the normalisation invariants the matcher relies on
+/// (the cargo-fuzz target in `proxy/fuzz` explores the same properties).
+#[test]
+fn normalisation_invariants_hold_for_random_paths() {
+    const PIECES: &[&str] = &[
+        "/", "a", "..", ".", "%2e", "%2E%2e", "%2f", "%5c", "\\", "//", "%41", "%zz", "~", "%",
+        "?", "é", "api",
+    ];
+    let mut rng = fastrand::Rng::with_seed(0x1a2b_3c4d);
+    for _ in 0..20_000 {
+        let mut raw = String::from("/");
+        for _ in 0..rng.usize(0..12) {
+            raw.push_str(PIECES[rng.usize(0..PIECES.len())]);
+        }
+        let Ok(norm) = normalize_path(&raw) else {
+            continue;
+        };
+        assert!(norm.starts_with('/'), "{raw:?} -> {norm:?}");
+        assert!(!norm.contains("//"), "{raw:?} -> {norm:?}");
+        assert!(
+            norm.split('/').all(|s| s != "." && s != ".."),
+            "{raw:?} -> {norm:?}"
+        );
+        assert_eq!(
+            normalize_path(&norm).as_deref(),
+            Ok(norm.as_str()),
+            "not idempotent for {raw:?}"
+        );
+        // Whatever the spelling, a path is under /api exactly when its normal form is.
+        let under = path_has_prefix(&norm, "/api");
+        assert_eq!(
+            under,
+            norm == "/api" || norm.starts_with("/api/"),
+            "{raw:?} -> {norm:?}"
+        );
+    }
+}
