@@ -40,6 +40,7 @@ pub async fn run(file: &Path, command: Vec<OsString>) -> Result<i32, Error> {
     env::check(&v.agent.env).map_err(|(f, r)| cfg_err(&f, r))?;
     let (uid, gid) = agent_ids(&v).map_err(|(f, r)| cfg_err(&f, r))?;
     let hidden = hidden_dirs(&v).map_err(|(f, r)| cfg_err(&f, r))?;
+    warn_if_reachable(&hidden, uid, gid);
     let port = v.settings.config.listen.port();
 
     let (listener, netns) = match v.isolation {
@@ -156,6 +157,33 @@ fn forward(agent: Pid, sig: Signal) {
     if nix::sys::signal::killpg(agent, sig).is_err() {
         // Not yet in its own group (still in the launcher): signal it directly.
         let _ = nix::sys::signal::kill(agent, sig);
+    }
+}
+
+/// The tmpfs cover is the second lock; the first is that the agent's uid
+/// cannot enter these directories at all. Lanyard does not own them (SPIRE
+/// does), so it reports rather than changes their modes.
+fn warn_if_reachable(dirs: &[PathBuf], uid: u32, gid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    for d in dirs {
+        let Ok(m) = std::fs::metadata(d) else {
+            continue;
+        };
+        let mode = m.mode();
+        let traversable = if m.uid() == uid {
+            mode & 0o100 != 0
+        } else if m.gid() == gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if traversable {
+            tracing::warn!(
+                dir = %d.display(),
+                mode = format!("{:o}", mode & 0o7777),
+                "the agent's uid could enter this directory if it were not hidden; make it 0700 for its owner"
+            );
+        }
     }
 }
 
