@@ -244,6 +244,31 @@ fn signals_reach_the_agent_and_its_status_comes_back() {
 }
 
 #[test]
+fn an_agent_ignoring_sigterm_is_killed_after_kill_after() {
+    require_root();
+    let dir = open_dir();
+    let cfg = config(dir.path(), "agent: { kill_after: 300ms }\n");
+    let mut child = spawn(
+        &cfg,
+        &[
+            "sh",
+            "-c",
+            "trap '' TERM; echo ready; while :; do sleep 0.05; done",
+        ],
+    );
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    lines_until(&mut out, "ready");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let (code, _, err) = finish(child);
+    assert_eq!(code, Some(128 + 9), "{err}");
+    assert!(err.contains("agent ignored the stop signal"), "{err}");
+}
+
+#[test]
 fn orphans_are_reaped() {
     require_root();
     let dir = open_dir();

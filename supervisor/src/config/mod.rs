@@ -86,6 +86,14 @@ pub struct AgentConfig {
     /// The agent's environment.
     #[serde(default)]
     pub env: AgentEnv,
+    /// After SIGTERM or SIGINT is forwarded, the agent's process group is
+    /// killed (SIGKILL) if the agent has not exited within this time. Default 30s.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub kill_after: Option<Duration>,
+}
+
+fn optional_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 /// `agent.env`.

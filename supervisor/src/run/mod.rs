@@ -116,15 +116,37 @@ pub async fn run(file: &Path, command: Vec<OsString>) -> Result<i32, Error> {
     drop(child);
     tracing::info!(pid = agent.as_raw(), proxy = %bound, uid, gid, isolation = ?v.isolation, "agent started");
 
+    let kill_after = v
+        .agent
+        .kill_after
+        .unwrap_or(std::time::Duration::from_secs(30));
+    let mut kill_at: Option<tokio::time::Instant> = None;
     let status = loop {
         if let Some(s) = reap(agent) {
             break s;
         }
+        let deadline = async {
+            match kill_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = sigchld.recv() => {}
-            _ = sigterm.recv() => forward(agent, Signal::SIGTERM),
-            _ = sigint.recv() => forward(agent, Signal::SIGINT),
+            _ = sigterm.recv() => {
+                forward(agent, Signal::SIGTERM);
+                kill_at.get_or_insert_with(|| tokio::time::Instant::now() + kill_after);
+            }
+            _ = sigint.recv() => {
+                forward(agent, Signal::SIGINT);
+                kill_at.get_or_insert_with(|| tokio::time::Instant::now() + kill_after);
+            }
             _ = sighup.recv() => forward(agent, Signal::SIGHUP),
+            () = deadline => {
+                tracing::warn!(after_ms = kill_after.as_millis(), "agent ignored the stop signal; killing its process group");
+                forward(agent, Signal::SIGKILL);
+                kill_at = None;
+            }
         }
     };
     tracing::info!(status, "agent exited; draining");
