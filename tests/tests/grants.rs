@@ -438,6 +438,9 @@ async fn issuer_outage_serves_cache_until_expiry_then_503_then_recovers() {
     let attempts = env.issuer.attempts() - before;
     // Retries are at least half a step apart (100 ms, then 200 ms): far fewer than requests.
     let bound = 2 + (outage.elapsed().as_millis() / 100) as usize;
+    eprintln!(
+        "issuer outage: {sent} requests ({served} served from cache, {refused} refused), {attempts} exchange attempts (bound {bound})"
+    );
     assert!(
         served > 10 && refused > 10,
         "served {served}, refused {refused}"
@@ -461,6 +464,7 @@ async fn issuer_outage_serves_cache_until_expiry_then_503_then_recovers() {
             "no recovery within a backoff step"
         );
     }
+    eprintln!("issuer back: recovered after {:?}", back.elapsed());
     assert!(
         back.elapsed() <= Duration::from_millis(400 + 300),
         "recovery took {:?}",
