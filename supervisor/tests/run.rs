@@ -217,6 +217,18 @@ fn exit_codes_propagate() {
     }
 }
 
+/// Starts `script` under `lanyard run`, waits for it to print `ready`, sends
+/// Lanyard SIGTERM; returns the exit status and Lanyard's log.
+fn sigterm_after_ready(cfg: &Path, script: &str) -> (Option<i32>, String) {
+    let mut child = spawn(cfg, &["sh", "-c", script]);
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    lines_until(&mut out, "ready");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let (code, _, err) = finish(child);
+    (code, err)
+}
+
 #[test]
 fn signals_reach_the_agent_and_its_status_comes_back() {
     require_root();
@@ -229,15 +241,7 @@ fn signals_reach_the_agent_and_its_status_comes_back() {
         ),
         ("echo ready; exec sleep 1000", 128 + 15),
     ] {
-        let mut child = spawn(&cfg, &["sh", "-c", script]);
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        lines_until(&mut out, "ready");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let (code, _, err) = finish(child);
+        let (code, err) = sigterm_after_ready(&cfg, script);
         assert_eq!(code, Some(want), "{script}: {err}");
         assert!(err.contains("forwarding to the agent"), "{err}");
     }
@@ -248,22 +252,10 @@ fn an_agent_ignoring_sigterm_is_killed_after_kill_after() {
     require_root();
     let dir = open_dir();
     let cfg = config(dir.path(), "agent: { kill_after: 300ms }\n");
-    let mut child = spawn(
+    let (code, err) = sigterm_after_ready(
         &cfg,
-        &[
-            "sh",
-            "-c",
-            "trap '' TERM; echo ready; while :; do sleep 0.05; done",
-        ],
+        "trap '' TERM; echo ready; while :; do sleep 0.05; done",
     );
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    lines_until(&mut out, "ready");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let (code, _, err) = finish(child);
     assert_eq!(code, Some(128 + 9), "{err}");
     assert!(err.contains("agent ignored the stop signal"), "{err}");
 }

@@ -91,6 +91,17 @@ impl World {
     }
 }
 
+impl World {
+    /// [`World::base_yaml`] plus one endpoint `alpha` (alpha.test on 127.0.0.1:`port`,
+    /// static provider) and any further top-level YAML in `extra`.
+    pub fn alpha_yaml(&self, port: u16, extra: &str) -> String {
+        format!(
+            "{}resolve: {{ alpha.test: 127.0.0.1 }}\nendpoints:\n  - {{ name: alpha, host: alpha.test, port: {port}, provider: test-static }}\n{extra}",
+            self.base_yaml()
+        )
+    }
+}
+
 impl Default for World {
     fn default() -> Self {
         Self::new()

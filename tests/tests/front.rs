@@ -154,9 +154,9 @@ async fn bad_clients_get_clear_errors_and_others_keep_working() {
     let w = World::new();
     let up = w.upstream("alpha", &["alpha.test"], &[H1]).await;
     let port = up.addr.port();
-    let yaml = format!(
-        "{}resolve: {{ alpha.test: 127.0.0.1 }}\nendpoints:\n  - {{ name: alpha, host: alpha.test, port: {port}, provider: test-static }}\nlimits: {{ header_read_timeout: 1s, max_header_bytes: 16384, max_request_line: 1024 }}\n",
-        w.base_yaml()
+    let yaml = w.alpha_yaml(
+        port,
+        "limits: { header_read_timeout: 1s, max_header_bytes: 16384, max_request_line: 1024 }\n",
     );
     let p = start(&yaml, w.dir.path()).await;
     let auth = format!("alpha.test:{port}");
@@ -205,10 +205,7 @@ async fn shutdown_drains_in_flight_requests() {
     let w = World::new();
     let up = w.upstream("alpha", &["alpha.test"], &[H1]).await;
     let port = up.addr.port();
-    let yaml = format!(
-        "{}resolve: {{ alpha.test: 127.0.0.1 }}\nendpoints:\n  - {{ name: alpha, host: alpha.test, port: {port}, provider: test-static }}\nlimits: {{ drain_timeout: 30s }}\n",
-        w.base_yaml()
-    );
+    let yaml = w.alpha_yaml(port, "limits: { drain_timeout: 30s }\n");
     let mut p = start(&yaml, w.dir.path()).await;
     let auth = format!("alpha.test:{port}");
     let mut tls = intercepted(&p, &auth, "alpha.test", &[H1]).await;
@@ -247,10 +244,7 @@ async fn drain_deadline_cuts_stragglers() {
     let w = World::new();
     let up = w.upstream("alpha", &["alpha.test"], &[H1]).await;
     let port = up.addr.port();
-    let yaml = format!(
-        "{}resolve: {{ alpha.test: 127.0.0.1 }}\nendpoints:\n  - {{ name: alpha, host: alpha.test, port: {port}, provider: test-static }}\nlimits: {{ drain_timeout: 200ms }}\n",
-        w.base_yaml()
-    );
+    let yaml = w.alpha_yaml(port, "limits: { drain_timeout: 200ms }\n");
     let p = start(&yaml, w.dir.path()).await;
     let auth = format!("alpha.test:{port}");
     let mut tls = intercepted(&p, &auth, "alpha.test", &[H1]).await;

@@ -80,6 +80,19 @@ impl Env {
         y
     }
 
+    /// One token-exchange provider `tx` and one endpoint `alpha` (audience
+    /// `alpha`) on 127.0.0.1:`port`, plus `extra` top-level YAML.
+    fn one_tx(&self, port: u16, extra: &str) -> String {
+        self.yaml(
+            &[self.grant("tx", "grant: token_exchange")],
+            &["alpha.test"],
+            &[format!(
+                "{{ name: alpha, host: alpha.test, port: {port}, provider: tx, audience: alpha }}"
+            )],
+            extra,
+        )
+    }
+
     fn grant(&self, name: &str, body: &str) -> String {
         format!(
             "  {name}: {{ token_grant: {{ token_endpoint: {}, {body} }} }}",
@@ -240,18 +253,7 @@ async fn a_thousand_concurrent_first_requests_cost_one_fetch_and_one_exchange() 
         .set_default(Mode::SlowOk(Duration::from_millis(200)));
     let up = env.w.upstream("alpha", &["alpha.test"], &[H2, H1]).await;
     let port = up.addr.port();
-    let p = start(
-        &env.yaml(
-            &[env.grant("tx", "grant: token_exchange")],
-            &["alpha.test"],
-            &[format!(
-                "{{ name: alpha, host: alpha.test, port: {port}, provider: tx, audience: alpha }}"
-            )],
-            "",
-        ),
-        env.w.dir.path(),
-    )
-    .await;
+    let p = start(&env.one_tx(port, ""), env.w.dir.path()).await;
     let auth = format!("alpha.test:{port}");
     let mut tasks = Vec::new();
     for _ in 0..10 {
@@ -325,14 +327,7 @@ async fn refresh_ahead_replaces_the_token_before_expiry_off_the_request_path() {
     let up = env.w.upstream("alpha", &["alpha.test"], &[H1]).await;
     let port = up.addr.port();
     let p = start(
-        &env.yaml(
-            &[env.grant("tx", "grant: token_exchange")],
-            &["alpha.test"],
-            &[format!(
-                "{{ name: alpha, host: alpha.test, port: {port}, provider: tx, audience: alpha }}"
-            )],
-            "token_cache: { skew: 0s, refresh_ahead: 0.5 }\n",
-        ),
+        &env.one_tx(port, "token_cache: { skew: 0s, refresh_ahead: 0.5 }\n"),
         env.w.dir.path(),
     )
     .await;
@@ -372,12 +367,7 @@ async fn issuer_outage_serves_cache_until_expiry_then_503_then_recovers() {
     let up = env.w.upstream("alpha", &["alpha.test"], &[H1]).await;
     let port = up.addr.port();
     let p = start(
-        &env.yaml(
-            &[env.grant("tx", "grant: token_exchange")],
-            &["alpha.test"],
-            &[format!("{{ name: alpha, host: alpha.test, port: {port}, provider: tx, audience: alpha }}")],
-            "token_cache: { skew: 0s, refresh_ahead: 0.5, backoff_initial: 200ms, backoff_max: 400ms }\n",
-        ),
+        &env.one_tx(port, "token_cache: { skew: 0s, refresh_ahead: 0.5, backoff_initial: 200ms, backoff_max: 400ms }\n"),
         env.w.dir.path(),
     )
     .await;
@@ -479,12 +469,7 @@ async fn workload_api_gone_and_back() {
     let up = env.w.upstream("alpha", &["alpha.test"], &[H1]).await;
     let port = up.addr.port();
     let p = start(
-        &env.yaml(
-            &[env.grant("tx", "grant: token_exchange")],
-            &["alpha.test"],
-            &[format!("{{ name: alpha, host: alpha.test, port: {port}, provider: tx, audience: alpha }}")],
-            "token_cache: { skew: 0s, refresh_ahead: 0.9, backoff_initial: 100ms, backoff_max: 300ms }\n",
-        ),
+        &env.one_tx(port, "token_cache: { skew: 0s, refresh_ahead: 0.9, backoff_initial: 100ms, backoff_max: 300ms }\n"),
         env.w.dir.path(),
     )
     .await;
