@@ -254,3 +254,34 @@ async fn drain_deadline_cuts_stragglers() {
     tls.read_exact(&mut first).await.unwrap();
     assert!(p.shutdown().await >= 1);
 }
+
+#[tokio::test]
+async fn max_connections_queues_clients_instead_of_refusing_them() {
+    let w = World::new();
+    let up = w.upstream("alpha", &["alpha.test"], &[H1]).await;
+    let port = up.addr.port();
+    let p = start(
+        &w.alpha_yaml(port, "limits: { max_connections: 1 }\n"),
+        w.dir.path(),
+    )
+    .await;
+    let auth = format!("alpha.test:{port}");
+    // The first client holds the only slot (an open tunnel).
+    let (first, r) = connect(p.addr, &auth).await;
+    assert_eq!(r.status, 200);
+    // The second is accepted by the kernel but not served while the slot is taken.
+    let mut second = TcpStream::connect(p.addr).await.unwrap();
+    second
+        .write_all(format!("CONNECT {auth} HTTP/1.1\r\nHost: {auth}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(300), second.read(&mut byte)).await;
+    assert!(early.is_err(), "served beyond max_connections");
+    // As soon as the first leaves, the second is served.
+    drop(first);
+    let r = tokio::time::timeout(Duration::from_secs(10), read_response(&mut second))
+        .await
+        .expect("queued client never served");
+    assert_eq!(r.status, 200);
+}
