@@ -238,6 +238,24 @@ fn curl_through_the_binary_gets_its_token_injected() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(TOKEN));
+    // Python's standard library (OpenSSL, urllib's own CONNECT) through the same proxy,
+    // trusting the combined bundle via SSL_CERT_FILE as `lanyard run` would set it.
+    let py = Command::new("/usr/bin/python3")
+        .args(["-c", "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=20).read().decode())", &url])
+        .env("HTTPS_PROXY", &proxy_url)
+        .env("SSL_CERT_FILE", &bundle)
+        .output()
+        .expect("python3 must be installed (.ci/run installs it)");
+    let out = String::from_utf8_lossy(&py.stdout);
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    assert!(
+        out.contains(&format!("authorization: Bearer {TOKEN}\n")),
+        "{out}"
+    );
     // A destination no rule allows: curl reports the proxy's 403.
     let (code, _, err) = curl(&[
         "--proxy",
