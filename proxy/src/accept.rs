@@ -112,7 +112,9 @@ async fn serve_conn(
     });
     let svc = service_fn(move |req| {
         let f = front.clone();
-        async move { Ok::<_, Infallible>(f.handle(req).await) }
+        // Boxed: the request future is several KB, and hyper moves it into a
+        // task per request (per stream on HTTP/2); a box makes that a pointer copy.
+        Box::pin(async move { Ok::<_, Infallible>(f.handle(req).await) })
     });
     let conn = http1_server(limits)
         .serve_connection(io, svc)

@@ -116,7 +116,9 @@ pub(crate) async fn run(
     });
     let svc = service_fn(move |req| {
         let t = tunnel.clone();
-        async move { Ok::<_, Infallible>(t.handle(req).await) }
+        // Boxed: the request future is several KB, and hyper moves it into a
+        // task per request (per stream on HTTP/2); a box makes that a pointer copy.
+        Box::pin(async move { Ok::<_, Infallible>(t.handle(req).await) })
     });
     let io = TokioIo::new(tls);
     let limits = &shared.settings.config.limits;
