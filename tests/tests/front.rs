@@ -101,7 +101,7 @@ async fn plain_http_injects_only_to_loopback() {
         .unwrap();
     let port = up.addr.port();
     let yaml = format!(
-        "{}resolve: {{ plain.test: 127.0.0.1, remote.test: 192.0.2.10 }}\nendpoints:\n  - {{ name: plain, host: plain.test, port: {port}, provider: test-static }}\n  - {{ name: remote, host: remote.test, port: 80, provider: test-static }}\negress: {{ default: allow }}\n",
+        "{}resolve: {{ plain.test: 127.0.0.1, remote.test: 0.0.0.0 }}\nendpoints:\n  - {{ name: plain, host: plain.test, port: {port}, provider: test-static }}\n  - {{ name: remote, host: remote.test, port: {port}, provider: test-static }}\negress: {{ default: allow }}\n",
         w.base_yaml()
     );
     let p = start(&yaml, w.dir.path()).await;
@@ -121,15 +121,24 @@ async fn plain_http_injects_only_to_loopback() {
     assert_eq!(read_response(&mut s).await.status, 200);
 
     // A non-loopback upstream over cleartext is refused before any connection is made.
-    s.write_all(b"GET http://remote.test/x HTTP/1.1\r\nHost: remote.test\r\n\r\n")
-        .await
-        .unwrap();
+    // 0.0.0.0 is not a loopback address, yet a connection to it stays on this host: if the
+    // check ever regressed, the request would reach the local echo (and nothing else).
+    let hits = up.hits();
+    let req =
+        format!("GET http://remote.test:{port}/x HTTP/1.1\r\nHost: remote.test:{port}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
     let r = read_response(&mut s).await;
     assert_eq!(r.status, 403, "{r:?}");
     assert!(
-        r.body.contains("192.0.2.10, which is not loopback"),
+        r.body
+            .contains("resolves to 0.0.0.0, which is not loopback"),
         "{}",
         r.body
+    );
+    assert_eq!(
+        up.hits(),
+        hits,
+        "a cleartext request to a non-loopback address went out"
     );
 
     // https:// in absolute form is not a thing a proxy should re-originate silently.
