@@ -69,94 +69,111 @@ fn req(o: &Opts, h2: bool) -> http::Request<Full<Bytes>> {
     r.body(Full::new(Bytes::new())).unwrap_or_default()
 }
 
-/// One worker: requests until `end`, recording latencies.
-async fn worker(o: Opts, end: Instant) -> (Vec<u32>, u64) {
-    let mut lat = Vec::new();
-    let mut errors = 0u64;
-    match o.mode.as_str() {
-        "newconn" => {
-            while Instant::now() < end {
-                let t = Instant::now();
-                let ok = async {
-                    let tls = open(&o, b"http/1.1").await?;
-                    let (mut s, c) =
-                        hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-                    tokio::spawn(c);
-                    let resp = s.send_request(req(&o, false)).await?;
-                    resp.into_body().collect().await?;
-                    Ok::<_, Error>(())
-                }
-                .await;
-                match ok {
-                    Ok(()) => lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX)),
-                    Err(_) => errors += 1,
-                }
-            }
-        }
-        _ => {
-            let Ok(tls) = open(&o, b"http/1.1").await else {
-                return (lat, 1);
-            };
-            let Ok((mut s, c)) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await
-            else {
-                return (lat, 1);
-            };
-            tokio::spawn(c);
-            while Instant::now() < end {
-                let t = Instant::now();
-                let ok = match s.send_request(req(&o, false)).await {
-                    Ok(resp) => resp.into_body().collect().await.is_ok(),
-                    Err(_) => false,
-                };
-                if ok {
-                    lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
-                } else {
-                    errors += 1;
-                }
-            }
-        }
-    }
-    (lat, errors)
+/// Latencies of successful requests (µs) and the count of failed ones.
+#[derive(Default)]
+struct Stats {
+    lat: Vec<u32>,
+    errors: u64,
 }
 
-async fn h2_conn(o: Opts, streams: usize, end: Instant) -> (Vec<u32>, u64) {
+impl Stats {
+    fn record(&mut self, started: Instant, ok: bool) {
+        if ok {
+            self.lat
+                .push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
+        } else {
+            self.errors += 1;
+        }
+    }
+
+    fn merge(&mut self, other: Stats) {
+        self.lat.extend(other.lat);
+        self.errors += other.errors;
+    }
+
+    fn failed() -> Self {
+        Stats {
+            lat: Vec::new(),
+            errors: 1,
+        }
+    }
+}
+
+/// One response, body included; false on any failure.
+async fn exchange(
+    send: impl std::future::Future<Output = Result<http::Response<hyper::body::Incoming>, hyper::Error>>,
+) -> bool {
+    match send.await {
+        Ok(resp) => resp.into_body().collect().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// One HTTP/1.1 worker: keep-alive on one connection, or (`newconn`) a new
+/// connection and TLS handshake per request; requests until `end`.
+async fn worker(o: Opts, end: Instant) -> Stats {
+    let mut stats = Stats::default();
+    if o.mode == "newconn" {
+        while Instant::now() < end {
+            let t = Instant::now();
+            let ok = async {
+                let tls = open(&o, b"http/1.1").await?;
+                let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+                tokio::spawn(c);
+                let resp = s.send_request(req(&o, false)).await?;
+                resp.into_body().collect().await?;
+                Ok::<_, Error>(())
+            }
+            .await
+            .is_ok();
+            stats.record(t, ok);
+        }
+        return stats;
+    }
+    let Ok(tls) = open(&o, b"http/1.1").await else {
+        return Stats::failed();
+    };
+    let Ok((mut s, c)) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await else {
+        return Stats::failed();
+    };
+    tokio::spawn(c);
+    while Instant::now() < end {
+        let t = Instant::now();
+        let ok = exchange(s.send_request(req(&o, false))).await;
+        stats.record(t, ok);
+    }
+    stats
+}
+
+/// One HTTP/2 connection carrying `streams` concurrent request loops.
+async fn h2_conn(o: Opts, streams: usize, end: Instant) -> Stats {
     let Ok(tls) = open(&o, b"h2").await else {
-        return (Vec::new(), 1);
+        return Stats::failed();
     };
     let Ok((s, c)) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await
     else {
-        return (Vec::new(), 1);
+        return Stats::failed();
     };
     tokio::spawn(c);
     let mut tasks = Vec::new();
     for _ in 0..streams {
         let (mut s, o) = (s.clone(), o.clone());
         tasks.push(tokio::spawn(async move {
-            let (mut lat, mut errors) = (Vec::new(), 0u64);
+            let mut stats = Stats::default();
             while Instant::now() < end {
                 let t = Instant::now();
-                let ok = match s.send_request(req(&o, true)).await {
-                    Ok(r) => r.into_body().collect().await.is_ok(),
-                    Err(_) => false,
-                };
-                if ok {
-                    lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
-                } else {
-                    errors += 1;
-                }
+                let ok = exchange(s.send_request(req(&o, true))).await;
+                stats.record(t, ok);
             }
-            (lat, errors)
+            stats
         }));
     }
-    let (mut lat, mut errors) = (Vec::new(), 0);
+    let mut all = Stats::default();
     for t in tasks {
-        if let Ok((l, e)) = t.await {
-            lat.extend(l);
-            errors += e;
-        }
+        all.merge(t.await.unwrap_or_else(|_| Stats::failed()));
     }
-    (lat, errors)
+    all
 }
 
 #[tokio::main]
@@ -208,12 +225,11 @@ async fn main() -> Result<(), Error> {
             tasks.push(tokio::spawn(worker(o, end)));
         }
     }
-    let (mut lat, mut errors) = (Vec::new(), 0u64);
+    let mut stats = Stats::default();
     for t in tasks {
-        let (l, e) = t.await?;
-        lat.extend(l);
-        errors += e;
+        stats.merge(t.await?);
     }
+    let (mut lat, errors) = (stats.lat, stats.errors);
     let elapsed = start.elapsed().as_secs_f64();
     lat.sort_unstable();
     // Percentile by rank, in per-mille, with integer arithmetic.
