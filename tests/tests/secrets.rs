@@ -135,6 +135,64 @@ async fn token_never_reaches_logs_or_error_bodies() {
     bodies.push(r.body);
     p.shutdown().await;
 
+    // The grant path: a JWT-SVID from the dev Workload API exchanged at an
+    // issuer, once successfully and once refused (so the failure is logged
+    // with its cache key). An extra_params value stands in for a client secret.
+    const EXTRA_SECRET: &str = "extra-secret-value-99";
+    std::fs::write(&w.token_file, TOKEN).unwrap();
+    let api = lanyard_supervisor::dev::DevWorkloadApi::new(
+        "spiffe://secrets.test/agent",
+        std::time::Duration::from_secs(300),
+    )
+    .unwrap();
+    let sock = w.dir.path().join("wl.sock");
+    let _wl = api.serve(&sock).await.unwrap();
+    let issuer = lanyard_tests::issuer::Issuer::start(api.clone()).await;
+    issuer.set_mode(
+        "fail",
+        lanyard_tests::issuer::Mode::Reply(
+            400,
+            format!(r#"{{"error":"invalid_client","error_description":"bad client_secret {EXTRA_SECRET}"}}"#),
+        ),
+    );
+    let gyaml = format!(
+        "{}  tx: {{ token_grant: {{ token_endpoint: \"{}\", grant: token_exchange, extra_params: {{ client_secret: {EXTRA_SECRET} }} }} }}\nspiffe: {{ endpoint_socket: \"unix://{}\" }}\nresolve: {{ alpha.test: 127.0.0.1 }}\nendpoints:\n  - {{ name: ok, host: alpha.test, port: {tp}, path: /ok, provider: tx, audience: sec }}\n  - {{ name: fail, host: alpha.test, port: {tp}, path: /fail, provider: tx, audience: fail }}\n",
+        w.base_yaml().replace(
+            &w.dir.path().join("ca").display().to_string(),
+            &w.dir.path().join("ca2").display().to_string()
+        ),
+        issuer.url,
+        sock.display()
+    );
+    let g = start(&gyaml, w.dir.path()).await;
+    let auth = format!("alpha.test:{tp}");
+    let tls = intercepted(&g, &auth, "alpha.test", &[b"http/1.1"]).await;
+    let mut c = Client::new(tls, false).await;
+    let r = c.send(get("/ok", &auth)).await;
+    assert!(
+        r.body.contains("authorization: Bearer tok-sec-1"),
+        "the exchange did not happen: {}",
+        r.body
+    );
+    let r = c.send(get("/fail", &auth)).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        r.body.contains("[redacted]"),
+        "issuer's echo not scrubbed: {}",
+        r.body
+    );
+    bodies.push(r.body);
+    g.shutdown().await;
+    let svid_sent = issuer
+        .forms()
+        .iter()
+        .flatten()
+        .any(|(k, v)| k == "subject_token" && v.starts_with("eyJ"));
+    assert!(
+        svid_sent,
+        "no SVID reached the issuer, so the log check below proves nothing"
+    );
+
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(text.contains("request"), "no request logs captured at all");
     assert!(
@@ -142,13 +200,18 @@ async fn token_never_reaches_logs_or_error_bodies() {
         "suspiciously few log lines: {}",
         text.lines().count()
     );
-    for (i, line) in text.lines().enumerate() {
-        assert!(
-            !line.contains(TOKEN),
-            "log line {i} leaks the token: {line}"
-        );
-    }
-    for b in &bodies {
-        assert!(!b.contains(TOKEN), "error body leaks the token: {b}");
+    assert!(text.contains("token exchanged"), "no grant logs captured");
+    // The static token, an issued token, any JWT-SVID (every JWT starts "eyJ"),
+    // and the extra_params value must appear nowhere.
+    for needle in [TOKEN, "tok-sec-1", "eyJ", EXTRA_SECRET] {
+        for (i, line) in text.lines().enumerate() {
+            assert!(
+                !line.contains(needle),
+                "log line {i} leaks {needle}: {line}"
+            );
+        }
+        for b in &bodies {
+            assert!(!b.contains(needle), "error body leaks {needle}: {b}");
+        }
     }
 }

@@ -39,7 +39,9 @@ pub enum Grant {
 }
 
 /// Everything that goes into one request (and so into the cache key).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// `Debug` (used when a failed fetch is logged) shows `extra_params` names but
+/// not their values: operators put client secrets there.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Params {
     /// Audience the SVID is fetched for.
     pub svid_audience: String,
@@ -57,6 +59,24 @@ pub struct Params {
     pub requested_token_type: Option<String>,
     /// Extra form fields.
     pub extra_params: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Params {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Params")
+            .field("svid_audience", &self.svid_audience)
+            .field("client_assertion_type", &self.client_assertion_type)
+            .field("client_id", &self.client_id)
+            .field("audience", &self.audience)
+            .field("scopes", &self.scopes)
+            .field("resource", &self.resource)
+            .field("requested_token_type", &self.requested_token_type)
+            .field(
+                "extra_params",
+                &self.extra_params.keys().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 /// Cache key: provider, grant and every parameter that changes the token.
@@ -250,7 +270,10 @@ impl GrantSource {
                         .await
                         .map_err(|e| format!("no JWT-SVID for audience '{}': {e}", params.svid_audience))?;
                     let body = form::build(grant, &params, svid.value.token.expose());
-                    let issued = issuer.exchange(&endpoint, &body, &limits, &[svid.value.token.expose()]).await?;
+                    // Whatever the issuer echoes back is scrubbed of the SVID and of extra_params values.
+                    let mut scrub: Vec<&str> = vec![svid.value.token.expose()];
+                    scrub.extend(params.extra_params.values().map(String::as_str));
+                    let issued = issuer.exchange(&endpoint, &body, &limits, &scrub).await?;
                     let lifetime = issued
                         .expires_in
                         .or_else(|| issuer::jwt_remaining(issued.access_token.expose()))

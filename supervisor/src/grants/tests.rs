@@ -170,3 +170,13 @@ fn forms_carry_exactly_their_fields() {
         ]
     );
 }
+
+#[test]
+fn params_debug_hides_extra_param_values() {
+    let mut p = params();
+    p.extra_params
+        .insert("client_secret".into(), "s3cr3t-value-42".into());
+    let shown = format!("{p:?}");
+    assert!(shown.contains("client_secret"), "{shown}");
+    assert!(!shown.contains("s3cr3t-value-42"), "{shown}");
+}
