@@ -24,6 +24,7 @@ pub mod matcher;
 pub mod parse;
 mod plain;
 mod relay;
+pub mod resolve;
 pub mod secret;
 pub mod settings;
 pub mod source;

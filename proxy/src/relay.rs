@@ -52,29 +52,25 @@ pub(crate) async fn dial(
 ) -> Result<Dialed, ProxyError> {
     let limits = &shared.settings.config.limits;
     let dest = target.to_string();
-    let (addrs, pinned): (Vec<IpAddr>, bool) = match &target.host {
-        Host::Ip(ip) => (vec![*ip], false),
-        Host::Name(n) => match shared.settings.resolve.get(&target.host) {
-            Some(ip) => (vec![*ip], true),
-            None => {
-                let found = timeout(
-                    limits.connect_timeout,
-                    tokio::net::lookup_host((n.as_str(), target.port)),
-                )
-                .await
-                .map_err(|_| ProxyError::UpstreamTimeout {
-                    dest: dest.clone(),
-                    phase: "dns",
-                    after_ms: limits.connect_timeout.as_millis(),
-                })?
-                .map_err(|e| ProxyError::Upstream {
-                    dest: dest.clone(),
-                    reason: format!("cannot resolve: {e}"),
-                })?;
-                (found.map(|a| a.ip()).collect(), false)
-            }
+    let resolved = crate::resolve::resolve(
+        &shared.settings.resolve,
+        &target.host,
+        target.port,
+        limits.connect_timeout,
+    )
+    .await
+    .map_err(|e| match e {
+        crate::resolve::ResolveError::Timeout => ProxyError::UpstreamTimeout {
+            dest: dest.clone(),
+            phase: "dns",
+            after_ms: limits.connect_timeout.as_millis(),
         },
-    };
+        e => ProxyError::Upstream {
+            dest: dest.clone(),
+            reason: e.to_string(),
+        },
+    })?;
+    let (addrs, pinned) = (resolved.addrs, resolved.pinned);
     let addrs = if purpose == Purpose::Egress
         && !pinned
         && !shared.settings.egress.allow_private_addresses

@@ -151,20 +151,15 @@ impl IssuerClient {
         secrets: &[&str],
     ) -> Result<Issued, String> {
         let at = |what: String| format!("token endpoint {}: {what}", ep.text);
-        let pinned = lanyard_proxy::parse::Host::parse(&ep.host)
-            .ok()
-            .and_then(|h| self.resolve.get(&h).copied());
-        let addrs: Vec<std::net::SocketAddr> = match pinned {
-            Some(ip) => vec![std::net::SocketAddr::new(ip, ep.port)],
-            None => tokio::time::timeout(
-                limits.connect_timeout,
-                tokio::net::lookup_host((ep.host.as_str(), ep.port)),
-            )
-            .await
-            .map_err(|_| at("DNS lookup timed out".into()))?
-            .map_err(|e| at(format!("cannot resolve: {e}")))?
-            .collect(),
-        };
+        let host = lanyard_proxy::parse::Host::parse(&ep.host).map_err(at)?;
+        let addrs: Vec<std::net::SocketAddr> =
+            lanyard_proxy::resolve::resolve(&self.resolve, &host, ep.port, limits.connect_timeout)
+                .await
+                .map_err(|e| at(e.to_string()))?
+                .addrs
+                .into_iter()
+                .map(|ip| std::net::SocketAddr::new(ip, ep.port))
+                .collect();
         if !ep.tls && addrs.iter().any(|a| !a.ip().is_loopback()) {
             return Err(at(
                 "resolves to a non-loopback address; plain http refused".into()
