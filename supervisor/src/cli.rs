@@ -73,8 +73,11 @@ pub enum DevCommand {
 pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Check { config } => match crate::check(&config) {
-            Ok(()) => {
+            Ok(notes) => {
                 println!("{}: ok", config.display());
+                for n in notes {
+                    println!("note: {n}");
+                }
                 0
             }
             Err(e) => report(&e),

@@ -33,7 +33,9 @@ pub trait SvidFetcher: Send + Sync + 'static {
 
 /// The Workload API over its unix socket.
 pub struct WorkloadApi {
-    endpoint: String,
+    endpoint: spiffe::transport::Endpoint,
+    /// For messages.
+    display: String,
     timeout: Duration,
     reconnect: Policy,
     client: Mutex<Conn>,
@@ -49,17 +51,27 @@ struct Conn {
 impl std::fmt::Debug for WorkloadApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkloadApi")
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &self.display)
             .finish()
     }
 }
 
 impl WorkloadApi {
-    /// A client for `endpoint` (`unix:///path`); connects lazily, and after a
-    /// failure no sooner than `reconnect`'s backoff allows.
-    pub fn new(endpoint: impl Into<String>, timeout: Duration, reconnect: Policy) -> Self {
+    /// A client for `endpoint` (as [`crate::paths::workload_endpoint`] resolved
+    /// it); connects lazily, and after a failure no sooner than `reconnect`'s
+    /// backoff allows.
+    pub fn new(
+        endpoint: spiffe::transport::Endpoint,
+        timeout: Duration,
+        reconnect: Policy,
+    ) -> Self {
+        let display = match &endpoint {
+            spiffe::transport::Endpoint::Unix(p) => format!("unix:{}", p.display()),
+            other => format!("{other:?}"),
+        };
         Self {
-            endpoint: endpoint.into(),
+            endpoint,
+            display,
             timeout,
             reconnect,
             client: Mutex::new(Conn {
@@ -86,13 +98,16 @@ impl WorkloadApi {
             if now < at {
                 return Err(format!(
                     "Workload API at {} unreachable; reconnecting in {} ms",
-                    self.endpoint,
+                    self.display,
                     (at - now).as_millis()
                 ));
             }
         }
-        match tokio::time::timeout(self.timeout, WorkloadApiClient::connect_to(&self.endpoint))
-            .await
+        match tokio::time::timeout(
+            self.timeout,
+            WorkloadApiClient::connect(self.endpoint.clone()),
+        )
+        .await
         {
             Ok(Ok(c)) => {
                 conn.client = Some(c.clone());
@@ -110,7 +125,7 @@ impl WorkloadApi {
         conn.retry_at = Some(Instant::now() + cache::backoff(&self.reconnect, conn.failures));
         format!(
             "cannot connect to the Workload API at {}: {why}",
-            self.endpoint
+            self.display
         )
     }
 

@@ -15,6 +15,7 @@ pub mod dev;
 pub mod grants;
 pub mod identity;
 pub mod logging;
+pub mod paths;
 pub mod run;
 
 use config::{Config, ConfigFileError, ProviderKind, Validated};
@@ -71,23 +72,14 @@ pub fn start_providers(v: &Validated, file: &Path) -> Result<Providers, ConfigFi
             ),
             ProviderKind::TokenGrant(g) => {
                 if grant_shared.is_none() {
-                    let socket = v
-                        .spiffe
-                        .endpoint_socket
-                        .clone()
-                        .or_else(|| std::env::var("SPIFFE_ENDPOINT_SOCKET").ok().filter(|s| !s.is_empty()))
+                    let socket = paths::workload_endpoint(v.spiffe.endpoint_socket.as_deref())
+                        .map_err(|r| err("spiffe.endpoint_socket".into(), r))?
                         .ok_or_else(|| {
                             err(
                                 "spiffe.endpoint_socket".into(),
                                 format!("provider '{name}' needs the Workload API: set spiffe.endpoint_socket or SPIFFE_ENDPOINT_SOCKET"),
                             )
                         })?;
-                    if !socket.starts_with("unix:") {
-                        return Err(err(
-                            "spiffe.endpoint_socket".into(),
-                            format!("'{socket}' must be unix:///path/to/socket"),
-                        ));
-                    }
                     let wl = Arc::new(identity::WorkloadApi::new(
                         socket,
                         v.spiffe.fetch_timeout,
@@ -151,11 +143,20 @@ pub fn start_error(file: &Path, e: StartError) -> Error {
 }
 
 /// Checks a config as far as possible without binding: parse, validate, read
-/// token files and CA/upstream trust files.
-pub fn check(file: &Path) -> Result<(), Error> {
+/// token files and CA/upstream trust files, and `agent.*` as `lanyard run`
+/// would take it. Returns notes: problems that only `lanyard run` would
+/// refuse (a hidden directory that would hide the CA directory), which do
+/// not stop `lanyard proxy`.
+pub fn check(file: &Path) -> Result<Vec<String>, Error> {
     let config = Config::load(file)?;
     let v = config.validate(file)?;
     start_providers(&v, file)?;
+    let mut notes = Vec::new();
+    match run::plan::plan(&v, file) {
+        Ok(_) => {}
+        Err(e) if e.field.starts_with("agent") => return Err(e.into()),
+        Err(e) => notes.push(format!("lanyard run would refuse this config: {e}")),
+    }
     let cfg = &v.settings.config;
     if let (Some(c), Some(k)) = (&cfg.ca.cert_file, &cfg.ca.key_file) {
         lanyard_proxy::SandboxCa::load(c, k).map_err(|e| {
@@ -164,5 +165,5 @@ pub fn check(file: &Path) -> Result<(), Error> {
     }
     lanyard_proxy::tls::UpstreamTls::new(&cfg.upstream_tls, &lanyard_proxy::tls::system_roots())
         .map_err(|e| ConfigFileError::from_field(file, e))?;
-    Ok(())
+    Ok(notes)
 }

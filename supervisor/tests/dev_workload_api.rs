@@ -167,3 +167,64 @@ async fn the_binary_says_it_is_for_development() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn only_a_stale_socket_is_ever_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    // A regular file is left alone.
+    let file = dir.path().join("file.sock");
+    std::fs::write(&file, "precious").unwrap();
+    let api = DevWorkloadApi::new(ID, Duration::from_secs(120)).unwrap();
+    let err = api.serve(&file).await.unwrap_err();
+    assert!(err.to_string().contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+
+    // A live Workload API is not silently replaced.
+    let sock = dir.path().join("wl.sock");
+    let first = api.serve(&sock).await.unwrap();
+    let other = DevWorkloadApi::new("spiffe://dev.test/other", Duration::from_secs(120)).unwrap();
+    let err = other.serve(&sock).await.unwrap_err();
+    assert!(err.to_string().contains("already answers"), "{err}");
+    let client = spiffe::WorkloadApiClient::connect_to(first.endpoint())
+        .await
+        .unwrap();
+    let svid = client.fetch_jwt_svid(["a"], None).await.unwrap();
+    assert_eq!(
+        svid.spiffe_id().to_string(),
+        ID,
+        "the first server still answers"
+    );
+
+    // A socket nobody answers on is stale: replaced.
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let running = other.serve(&stale).await.unwrap();
+    running.stop().await;
+    first.stop().await;
+}
+
+#[tokio::test]
+async fn development_svids_say_so() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let api = DevWorkloadApi::new(ID, Duration::from_secs(120)).unwrap();
+    let running = api.serve(&dir.path().join("wl.sock")).await.unwrap();
+    let client = spiffe::WorkloadApiClient::connect_to(running.endpoint())
+        .await
+        .unwrap();
+    let svid = client.fetch_jwt_svid(["a"], None).await.unwrap();
+    let claims = svid.token().split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(claims)
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        claims["lanyard_dev"]
+            .as_str()
+            .is_some_and(|s| s.contains("no attestation")),
+        "{claims}"
+    );
+    running.stop().await;
+}

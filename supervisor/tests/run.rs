@@ -1,5 +1,5 @@
-//! `lanyard run` as root, the way a sandbox starts: the agent (uid 65534)
-//! tries every way around Lanyard and fails; through the proxy it gets a
+//! `lanyard run` as root, the way a sandbox starts: the agent (a uid leased
+//! for it alone) tries every way around Lanyard and fails; through the proxy it gets a
 //! credential it never sees; signals, exit codes and orphans are handled.
 
 #![allow(
@@ -8,92 +8,18 @@
     reason = "integration tests: a panic is a failed assertion"
 )]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lanyard_supervisor::dev::DevWorkloadApi;
 
-const LANYARD: &str = env!("CARGO_BIN_EXE_lanyard");
+mod common;
+use common::*;
+
 const ID: &str = "spiffe://sandbox.test/agent";
-
-fn require_root() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "these tests create namespaces and switch users: run them as root (CI does)"
-    );
-}
-
-/// A directory tree the unprivileged agent can traverse (tempdirs are 0700).
-fn open_dir() -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    d
-}
-
-fn private_dir(parent: &Path, name: &str) -> PathBuf {
-    let d = parent.join(name);
-    std::fs::create_dir(&d).unwrap();
-    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
-    d
-}
-
-fn config(dir: &Path, extra: &str) -> PathBuf {
-    let secrets = private_dir(dir, "secrets");
-    std::fs::write(secrets.join("token"), "static-token-never-seen-by-agent").unwrap();
-    let f = dir.join("lanyard.yaml");
-    std::fs::write(
-        &f,
-        format!(
-            "listen: 127.0.0.1:0\nca: {{ dir: {ca} }}\nproviders:\n  s: {{ static: {{ token_file: {tok} }} }}\n{extra}",
-            ca = dir.join("ca").display(),
-            tok = secrets.join("token").display()
-        ),
-    )
-    .unwrap();
-    f
-}
-
-fn spawn(config: &Path, args: &[&str]) -> Child {
-    Command::new(LANYARD)
-        .args(["run", "--config"])
-        .arg(config)
-        .arg("--")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn finish(mut child: Child) -> (Option<i32>, String, String) {
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn lines_until(out: &mut impl BufRead, marker: &str) -> Vec<String> {
-    let mut seen = Vec::new();
-    loop {
-        let mut l = String::new();
-        assert!(
-            out.read_line(&mut l).unwrap() > 0,
-            "agent output ended before {marker:?}: {seen:?}"
-        );
-        let l = l.trim_end().to_owned();
-        if l == marker {
-            return seen;
-        }
-        seen.push(l);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_cannot_get_around_lanyard() {
@@ -133,19 +59,20 @@ async fn the_agent_cannot_get_around_lanyard() {
 echo "uid=$(id -u)"
 echo "spiffe_vars=$(env | grep -c '^SPIFFE_')"
 echo "lanyard_vars=$(env | grep -c '^LANYARD_')"
-if curl -sS -m 3 --unix-socket {sock} http://localhost/ >/dev/null 2>&1; then echo socket=reachable; else echo socket=unreachable; fi
+{probe}
 if ls {spire} 2>/dev/null | grep -q .; then echo socket_dir=visible; else echo socket_dir=hidden; fi
 if cat /proc/$PPID/environ >/dev/null 2>&1; then echo environ=readable; else echo environ=denied; fi
 if head -c 1 /proc/$PPID/mem >/dev/null 2>&1; then echo mem=readable; else echo mem=denied; fi
 /usr/bin/python3 -c 'import ctypes,sys; libc=ctypes.CDLL(None,use_errno=True); r=libc.ptrace(16,int(sys.argv[1]),0,0); print("ptrace=" + ("attached" if r==0 else "denied"))' $PPID
 if curl -sS -m 3 --noproxy '*' -k https://127.0.0.1:{port}/ >/dev/null 2>&1; then echo direct=connected; else echo direct=blocked; fi
 if cat {secrets}/token >/dev/null 2>&1; then echo token_file=readable; else echo token_file=unreadable; fi
-grep -q " {spire} ro,.* - tmpfs " /proc/self/mountinfo && echo socket_dir=covered
-grep -q " {secrets} ro,.* - tmpfs " /proc/self/mountinfo && echo secrets_dir=covered
+for d in {spire} {secrets}; do
+  if [ ! -e $d ] || grep -q " $d ro,.* - tmpfs " /proc/self/mountinfo; then echo "$d=absent_or_covered"; fi
+done
 curl -sS -m 10 https://alpha.test:{port}/claims
 echo done
 "#,
-        sock = sock.display(),
+        probe = probe_socket(&sock, "socket"),
         spire = spire.display(),
         port = port,
         secrets = dir.path().join("secrets").display(),
@@ -168,7 +95,6 @@ echo done
     let (code, _, err) = finish(child);
     assert_eq!(code, Some(0), "{lines:?}\n{err}");
     for want in [
-        "uid=65534",
         "spiffe_vars=0",
         "lanyard_vars=0",
         "socket=unreachable",
@@ -178,8 +104,8 @@ echo done
         "ptrace=denied",
         "direct=blocked",
         "token_file=unreadable",
-        "socket_dir=covered",
-        "secrets_dir=covered",
+        &format!("{}=absent_or_covered", spire.display()),
+        &format!("{}=absent_or_covered", dir.path().join("secrets").display()),
         &format!("sub: {ID}"),
         "aud: [\"alpha\"]",
     ] {
@@ -188,6 +114,16 @@ echo done
             "missing {want:?} in {lines:?}\n{err}"
         );
     }
+    let uid: u32 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("uid="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (61184..=65519).contains(&uid),
+        "the default agent uid is leased from the dynamic range: {uid}"
+    );
     assert!(
         !lines.iter().any(|l| l.contains("eyJ")),
         "the agent saw an SVID: {lines:?}"
@@ -210,9 +146,16 @@ fn exit_codes_propagate() {
         (vec!["sh", "-c", "exit 3"], 3),
         (vec!["sh", "-c", "kill -KILL $$"], 128 + 9),
         (vec!["/nonexistent/agent"], 127),
+        (vec!["no-such-agent-on-path"], 127),
+        // A stopped agent is resumed, never left hanging.
+        (vec!["sh", "-c", "kill -STOP $$; echo resumed"], 0),
     ] {
-        let (code, _, err) = finish(spawn(&cfg, &args));
+        let (code, out, err) = finish(spawn(&cfg, &args));
         assert_eq!(code, Some(want), "{args:?}: {err}");
+        if args.last().is_some_and(|a| a.contains("STOP")) {
+            assert!(out.contains("resumed"), "{out}{err}");
+            assert!(err.contains("resuming"), "{err}");
+        }
         assert!(err.contains("agent exited"), "{args:?}: {err}");
     }
 }
@@ -261,52 +204,26 @@ fn an_agent_ignoring_sigterm_is_killed_after_kill_after() {
 }
 
 #[test]
-fn orphans_are_reaped() {
+fn orphans_are_reaped_inside_the_sandbox() {
     require_root();
     let dir = open_dir();
     let cfg = config(dir.path(), "");
-    let mut child = spawn(
-        &cfg,
-        &[
-            "sh",
-            "-c",
-            "sh -c 'sleep 0.5 & echo orphan=$!'; echo ready; read line",
-        ],
-    );
-    let lanyard = child.id();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let lines = lines_until(&mut out, "ready");
-    let orphan: u32 = lines
-        .iter()
-        .find_map(|l| l.strip_prefix("orphan="))
-        .unwrap()
-        .parse()
-        .unwrap();
-    let stat = std::fs::read_to_string(format!("/proc/{orphan}/stat")).unwrap_or_default();
-    if let Some(ppid) = stat
-        .rsplit(')')
-        .next()
-        .and_then(|s| s.split_whitespace().nth(1))
-    {
-        assert_eq!(
-            ppid,
-            lanyard.to_string(),
-            "orphan not adopted by lanyard: {stat}"
-        );
-    }
-    // A zombie keeps its /proc entry until reaped; it must disappear.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Path::new(&format!("/proc/{orphan}")).exists() {
-        let state = std::fs::read_to_string(format!("/proc/{orphan}/stat")).unwrap_or_default();
-        assert!(
-            Instant::now() < deadline,
-            "orphan {orphan} never reaped: {state}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
-    let (code, _, err) = finish(child);
+    // The orphan is adopted by the sandbox's init (PID 1 in its namespace),
+    // which must reap it: its /proc entry (kept while a zombie) disappears.
+    let script = r#"
+sh -c 'sleep 0.2 & echo $! > /tmp/orphan'
+o=$(cat /tmp/orphan)
+echo "ppid=$(awk '{print $4}' /proc/$o/stat 2>/dev/null || echo gone)"
+i=0; while [ -e /proc/$o ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done
+[ -e /proc/$o ] && echo "orphan=$(cat /proc/$o/stat)" || echo orphan=reaped
+"#;
+    let (code, out, err) = finish(spawn(&cfg, &["sh", "-c", script]));
     assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("orphan=reaped"), "{out}");
+    assert!(
+        out.contains("ppid=1") || out.contains("ppid=gone"),
+        "orphan not adopted by the sandbox init: {out}"
+    );
 }
 
 #[test]

@@ -71,16 +71,36 @@ pub enum Isolation {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// User name or uid to run as (default 65534, "nobody"). Never root unless explicitly `0`.
+    /// User name or uid to run as. Default: a uid of its own, leased from
+    /// `uid_range` for this sandbox alone. Root (0) is refused under `isolation: full`.
     #[serde(default)]
     pub user: Option<String>,
-    /// Group name or gid (default: the user's primary group, else 65534).
+    /// Group name or gid (default: the user's primary group; with a leased uid,
+    /// the gid of the same number). Group 0 is refused under `isolation: full`.
     #[serde(default)]
     pub group: Option<String>,
-    /// Working directory (default: Lanyard's, or `/` if the agent cannot enter it).
+    /// `[first, last]` uids leased to sandboxes when `user` is not set
+    /// (default systemd's dynamic range, 61184-65519).
+    #[serde(default)]
+    pub uid_range: Option<[u32; 2]>,
+    /// Working directory, bound writable into a `minimal` root (default: a
+    /// private `/tmp` with `minimal`, Lanyard's own with `host`).
     #[serde(default)]
     pub workdir: Option<PathBuf>,
-    /// Extra directories hidden from the agent behind an empty read-only tmpfs.
+    /// `minimal` (default): the agent's root holds only the system directories
+    /// (read-only), the CA directory, the workdir, `read_only` and `writable`.
+    /// `host`: the host's root minus the hidden paths.
+    #[serde(default)]
+    pub filesystem: Filesystem,
+    /// More paths bound read-only into a `minimal` root, at the same place.
+    #[serde(default)]
+    pub read_only: Vec<PathBuf>,
+    /// More paths bound writable into a `minimal` root (with `host`: where
+    /// Landlock lets the agent write besides the workdir and `/tmp`).
+    #[serde(default)]
+    pub writable: Vec<PathBuf>,
+    /// More files or directories hidden from the agent (covered by an empty
+    /// read-only file or tmpfs; a missing one is created empty and covered).
     #[serde(default)]
     pub hide: Vec<PathBuf>,
     /// The agent's environment.
@@ -96,15 +116,27 @@ fn optional_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Du
     duration(d).map(Some)
 }
 
+/// `agent.filesystem`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Filesystem {
+    /// An allowlist root (pivot_root into a tmpfs of read-only binds).
+    #[default]
+    Minimal,
+    /// The host's root, minus hidden paths.
+    Host,
+}
+
 /// `agent.env`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentEnv {
-    /// Variables passed through from Lanyard's environment (`NAME` or `PREFIX*`).
+    /// Variables passed through from Lanyard's environment (glob: `*` matches
+    /// any run of characters, `?` one; nothing else is special).
     /// Default: PATH, HOME, LANG, LC_*, TERM, TZ.
     #[serde(default)]
     pub pass: Option<Vec<String>>,
-    /// Variables never passed, whatever `pass` says (`NAME` or `PREFIX*`).
+    /// Variables never passed, whatever `pass` says (globs, as in `pass`).
     /// `SPIFFE_*` and `LANYARD_*` are always denied.
     #[serde(default)]
     pub deny: Vec<String>,

@@ -59,6 +59,8 @@ impl Signer {
             "iat": now,
             "exp": now + ttl.as_secs().max(1),
             "jti": B64.encode(jti),
+            // Anyone who could open the socket got this: say so to every verifier.
+            "lanyard_dev": "development Workload API: no attestation",
         });
         let signing_input = format!(
             "{}.{}",

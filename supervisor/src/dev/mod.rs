@@ -82,11 +82,11 @@ impl DevWorkloadApi {
         &self.signer
     }
 
-    /// Serves on `socket` (a stale socket file is replaced) until [`Running::stop`].
+    /// Serves on `socket` until [`Running::stop`]. Only a stale socket (one
+    /// nobody answers on) is replaced: a live one, or anything that is not a
+    /// socket, is refused rather than removed.
     pub async fn serve(self: &Arc<Self>, socket: &Path) -> std::io::Result<Running> {
-        if socket.exists() {
-            std::fs::remove_file(socket)?;
-        }
+        claim_socket_path(socket)?;
         let listener = UnixListener::bind(socket)?;
         {
             // Like a SPIRE agent socket: reachable by any uid; attestation would decide.
@@ -101,6 +101,39 @@ impl DevWorkloadApi {
             stop: stop_tx,
             join,
         })
+    }
+}
+
+fn claim_socket_path(socket: &Path) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(socket) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a socket; not removing it",
+                socket.display()
+            ),
+        ));
+    }
+    match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(_) => Err(Error::new(
+            ErrorKind::AddrInUse,
+            format!(
+                "a server already answers on {}; not replacing it",
+                socket.display()
+            ),
+        )),
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => std::fs::remove_file(socket),
+        Err(e) => Err(Error::new(
+            e.kind(),
+            format!("cannot tell whether {} is stale: {e}", socket.display()),
+        )),
     }
 }
 

@@ -30,11 +30,51 @@ pub const BUNDLE_VARS: &[&str] = &[
     "DENO_CERT",
 ];
 
+/// Glob match: `*` is any run of characters (empty included), `?` exactly
+/// one; everything else is literal. Iterative, with one backtrack point.
 fn matches(pattern: &str, name: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => name.starts_with(prefix),
-        None => pattern == name,
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi, ni));
+                pi += 1;
+            }
+            Some(&c) if c == b'?' || c == n[ni] => {
+                pi += 1;
+                ni += 1;
+            }
+            _ => match star {
+                Some((sp, sn)) => {
+                    pi = sp + 1;
+                    ni = sn + 1;
+                    star = Some((sp, sn + 1));
+                }
+                None => return false,
+            },
+        }
     }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// Checks one `pass`/`deny` pattern.
+fn check_pattern(field: String, pattern: &str) -> Result<(), (String, String)> {
+    if pattern.is_empty() {
+        return Err((field, "is empty".into()));
+    }
+    if let Some(c) = pattern.chars().find(|c| {
+        matches!(c, '[' | ']' | '{' | '}' | '\\' | '=') || c.is_whitespace() || c.is_control()
+    }) {
+        return Err((
+            field,
+            format!(
+                "'{pattern}': '{c}' is not allowed; patterns are names with '*' (any run) and '?' (one character)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Names Lanyard itself sets for the agent.
@@ -49,6 +89,12 @@ pub fn managed(name: &str) -> bool {
 
 /// Checks `agent.env` (field errors as `(field, reason)`).
 pub fn check(cfg: &AgentEnv) -> Result<(), (String, String)> {
+    for (i, p) in cfg.pass.iter().flatten().enumerate() {
+        check_pattern(format!("agent.env.pass[{i}]"), p)?;
+    }
+    for (i, p) in cfg.deny.iter().enumerate() {
+        check_pattern(format!("agent.env.deny[{i}]"), p)?;
+    }
     for name in cfg.set.keys() {
         if ALWAYS_DENY
             .iter()
@@ -188,6 +234,49 @@ mod tests {
             assert_eq!(env[*k], "/ca/bundle.pem", "{k}");
         }
         assert_eq!(env["NODE_EXTRA_CA_CERTS"], "/ca/ca.pem");
+    }
+
+    #[test]
+    fn patterns_are_globs_anywhere() {
+        for (p, n, want) in [
+            ("*SECRET*", "AWS_SECRET_ACCESS_KEY", true),
+            ("*SECRET*", "SECRET", true),
+            ("*SECRET*", "SECRE", false),
+            ("AWS_*_KEY", "AWS_SECRET_ACCESS_KEY", true),
+            ("AWS_*_KEY", "AWS_REGION", false),
+            ("*_TOKEN", "GITHUB_TOKEN", true),
+            ("*_TOKEN", "GITHUB_TOKENS", false),
+            ("LC_*", "LC_ALL", true),
+            ("LC_?", "LC_A", true),
+            ("LC_?", "LC_AB", false),
+            ("PATH", "PATH", true),
+            ("PATH", "XPATH", false),
+            ("**", "", true),
+            ("a*b*c", "aXbYbZc", true),
+            ("a*b*c", "aXbYbZ", false),
+        ] {
+            assert_eq!(matches(p, n), want, "{p} vs {n}");
+        }
+        let cfg = AgentEnv {
+            pass: Some(vec!["*".into()]),
+            deny: vec!["*SECRET*".into()],
+            set: BTreeMap::new(),
+        };
+        let env = build(inherited(), &cfg, 1, Path::new("/c"), Path::new("/b"));
+        assert!(!env.contains_key("AWS_SECRET_ACCESS_KEY"), "{env:?}");
+        assert_eq!(env["EDITOR"], "vi");
+    }
+
+    #[test]
+    fn unsupported_pattern_syntax_is_refused_not_taken_literally() {
+        for bad in ["AWS_[A-Z]*", "", "A B", "X=Y"] {
+            let cfg = AgentEnv {
+                deny: vec![bad.into()],
+                ..AgentEnv::default()
+            };
+            let (field, _) = check(&cfg).unwrap_err();
+            assert_eq!(field, "agent.env.deny[0]", "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,28 +1,65 @@
-//! `lanyard run -- CMD ...`: identity, grants and the proxy, then the agent,
-//! launched so that its only way out is the proxy and it cannot reach the
-//! Workload API socket, the SVIDs, the tokens or Lanyard's memory.
+//! `lanyard run -- CMD ...`: identity, grants and the proxy, then the agent
+//! in a sandbox whose only way out is the proxy. See ARCHITECTURE.md, "The
+//! `lanyard run` sandbox", for the threat model.
 //!
-//! Lanyard marks itself non-dumpable (no ptrace, no `/proc/<pid>/mem` or
-//! `environ` for anyone but root), becomes a child subreaper (orphans of the
-//! agent are reaped here, PID 1 or not), forwards SIGTERM/SIGINT/SIGHUP to the
-//! agent's process group, and exits with the agent's status (128+signal when
-//! it was killed) after draining in-flight requests.
+//! Lanyard marks itself non-dumpable, leases the agent a uid of its own,
+//! creates the network and PID namespaces, and starts the launcher (init of
+//! the PID namespace) from a thread that lives as long as Lanyard, so the
+//! launcher's parent-death signal fires only when Lanyard is gone. Stop
+//! signals (TERM, INT, HUP, QUIT) and USR1/USR2 are forwarded; every other
+//! signal whose default would kill Lanyard instead kills the sandbox and then
+//! exits cleanly. Lanyard exits with the agent's status (128+signal when it
+//! was killed) after draining in-flight requests.
 
-use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::config::{Config, ConfigFileError, Isolation, Validated};
+use crate::config::{Config, ConfigFileError, Filesystem, Isolation};
 use crate::{Error, start_providers};
 
+pub mod confine;
 pub mod env;
 pub mod isolate;
 pub mod launch;
+pub mod plan;
+pub mod rootfs;
+pub mod spec;
+pub mod tty;
+pub mod uid;
+
+/// Lanyard's host state for `lanyard run`: uid leases and the launcher's
+/// scratch mount point, root-only.
+pub const STATE_DIR: &str = "/run/lanyard";
+
+/// Signals passed on to the agent.
+const FORWARD: &[Signal] = &[
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGTERM,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+/// Forwarded signals after which the agent gets `agent.kill_after` to exit.
+const STOPPING: &[Signal] = &[Signal::SIGINT, Signal::SIGQUIT, Signal::SIGTERM];
+/// Signals whose default action would end Lanyard and orphan the sandbox:
+/// handled, they end the sandbox first.
+const FATAL: &[Signal] = &[
+    Signal::SIGALRM,
+    Signal::SIGVTALRM,
+    Signal::SIGPROF,
+    Signal::SIGIO,
+    Signal::SIGPWR,
+    Signal::SIGXCPU,
+    Signal::SIGXFSZ,
+    Signal::SIGSTKFLT,
+];
 
 /// Runs the agent under Lanyard; returns the exit status to exit with.
 pub async fn run(file: &Path, command: Vec<OsString>) -> Result<i32, Error> {
@@ -37,26 +74,85 @@ pub async fn run(file: &Path, command: Vec<OsString>) -> Result<i32, Error> {
             reason,
         })
     };
-    env::check(&v.agent.env).map_err(|(f, r)| cfg_err(&f, r))?;
-    let (uid, gid) = agent_ids(&v).map_err(|(f, r)| cfg_err(&f, r))?;
-    let hidden = hidden_dirs(&v).map_err(|(f, r)| cfg_err(&f, r))?;
-    warn_if_reachable(&hidden, uid, gid);
-    let port = v.settings.config.listen.port();
-
-    let (listener, netns) = match v.isolation {
-        Isolation::Full => {
-            isolation_possible().map_err(|why| cfg_err("isolation", why))?;
-            let net = isolate::create(port).map_err(|why| cfg_err("isolation", why))?;
-            (net.listener, Some(net.netns))
+    let plan = plan::plan(&v, file)?;
+    let full = v.isolation == Isolation::Full;
+    let root = nix::unistd::Uid::effective().is_root();
+    if full {
+        isolation_possible().map_err(|why| cfg_err("isolation", why))?;
+    } else {
+        tracing::warn!(
+            "isolation: none: the agent shares Lanyard's network and filesystem; it can bypass the proxy and may reach the Workload API socket"
+        );
+    }
+    let state = Path::new(STATE_DIR);
+    let mut _lease = None;
+    let ids = match (root, plan.ids) {
+        (false, plan::Ids::Fixed(..)) => {
+            return Err(cfg_err(
+                "agent.user",
+                "switching the agent's user needs root".into(),
+            ));
         }
-        Isolation::None => {
-            tracing::warn!(
-                "isolation: none: the agent shares Lanyard's network and filesystem; it can bypass the proxy and may reach the Workload API socket"
-            );
+        (false, _) => None,
+        (true, plan::Ids::Fixed(u, g)) => Some((u, g)),
+        (true, plan::Ids::Leased(first, last)) => {
+            let lease = uid::lease(first, last, &state.join("uids")).map_err(Error::Start)?;
+            let id = lease.uid;
+            _lease = Some(lease);
+            Some((id, id))
+        }
+    };
+    for d in &plan.create {
+        // Created now and covered, so that what appears in it later (a SPIRE
+        // agent starting after Lanyard) is hidden too.
+        create_hidden_dir(d).map_err(Error::Start)?;
+        tracing::info!(dir = %d.display(), "created a missing directory so that it stays hidden from the agent");
+    }
+    if let Some((uid, gid)) = ids {
+        warn_if_reachable(&plan.hide_dirs, uid, gid);
+    }
+    let scratch = state.join("scratch");
+    let mounts = if full {
+        uid::private_dir(&scratch).map_err(Error::Start)?;
+        match confine::landlock_probe() {
+            landlock::RulesetStatus::FullyEnforced => tracing::debug!("landlock enforced"),
+            landlock::RulesetStatus::PartiallyEnforced => tracing::info!(
+                "landlock partially enforced: this kernel knows only some of the rights asked for"
+            ),
+            landlock::RulesetStatus::NotEnforced => tracing::warn!(
+                "landlock unavailable on this kernel: the agent's writes are confined by the mount namespace and its uid only"
+            ),
+        }
+        Some(spec::Mounts {
+            root: match plan.filesystem {
+                Filesystem::Minimal => spec::Root::Minimal {
+                    read_only: plan.read_only.clone(),
+                    writable: plan.writable.clone(),
+                },
+                Filesystem::Host => spec::Root::Host,
+            },
+            hide_dirs: plan.hide_dirs.clone(),
+            hide_files: plan.hide_files.clone(),
+            scratch,
+        })
+    } else {
+        None
+    };
+
+    let port = v.settings.config.listen.port();
+    let sandbox = isolate::Sandbox::create(isolate::Namespaces {
+        net: full.then_some(port),
+        pid: full,
+    })
+    .map_err(|why| cfg_err("isolation", why))?;
+    let listener = match sandbox.listener.as_ref() {
+        Some(l) => l
+            .try_clone()
+            .map_err(|e| Error::Start(format!("listener: {e}")))?,
+        None => {
             let addr = v.settings.config.listen;
-            let l = std::net::TcpListener::bind(addr)
-                .map_err(|e| Error::Start(format!("cannot listen on {addr}: {e}")))?;
-            (l, None)
+            std::net::TcpListener::bind(addr)
+                .map_err(|e| Error::Start(format!("cannot listen on {addr}: {e}")))?
         }
     };
     let providers = start_providers(&v, file)?;
@@ -73,15 +169,25 @@ pub async fn run(file: &Path, command: Vec<OsString>) -> Result<i32, Error> {
         &trust.ca_pem,
         &trust.bundle_pem,
     );
+    let mut agent_env = agent_env;
+    if full && plan.filesystem == Filesystem::Minimal && !v.agent.env.set.contains_key("HOME") {
+        // Lanyard's own HOME does not exist in a minimal root.
+        agent_env.insert("HOME".into(), plan.workdir.display().to_string());
+    }
+    let mut pty = tty::Pty::open_if_interactive().map_err(Error::Start)?;
+    let spec = spec::Spec {
+        ids,
+        mounts,
+        pid_namespace: full,
+        workdir: plan.workdir.clone(),
+        tty: pty.is_some(),
+        confine: full,
+        writable: plan.writable.clone(),
+        command,
+        env: agent_env.into_iter().collect(),
+    };
 
-    let _ = nix::sys::prctl::set_child_subreaper(true);
-    // Signal streams exist before the agent does, so no SIGCHLD is missed.
-    let mut sigchld =
-        signal(SignalKind::child()).map_err(|e| Error::Start(format!("SIGCHLD handler: {e}")))?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::Start(e.to_string()))?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::Start(e.to_string()))?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(|e| Error::Start(e.to_string()))?;
-
+    let mut signals = Signals::new().map_err(Error::Start)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serve = tokio::spawn(proxy.serve(async move {
         let _ = stop_rx.await;
@@ -89,40 +195,46 @@ pub async fn run(file: &Path, command: Vec<OsString>) -> Result<i32, Error> {
 
     let exe = std::env::current_exe()
         .map_err(|e| Error::Start(format!("cannot find own executable: {e}")))?;
-    let mut helper = std::process::Command::new(exe);
-    helper
-        .arg("__agent-exec")
-        .arg("--uid")
-        .arg(uid.to_string())
-        .arg("--gid")
-        .arg(gid.to_string());
-    if let Some(ns) = &netns {
-        helper.arg("--netns").arg(ns);
-        for d in &hidden {
-            helper.arg("--hide").arg(d);
-        }
+    let mut launcher = std::process::Command::new(exe);
+    launcher
+        .args(["__agent-exec", "--stage", "init"])
+        .env_clear()
+        .env("PATH", spec::LAUNCHER_PATH)
+        .env(spec::VAR, spec.encode().map_err(Error::Start)?);
+    if let Some(slave) = pty.as_mut().and_then(tty::Pty::take_slave) {
+        let dup = |fd: &std::os::fd::OwnedFd| {
+            fd.try_clone()
+                .map(Stdio::from)
+                .map_err(|e| Error::Start(format!("pty: {e}")))
+        };
+        launcher
+            .stdin(dup(&slave)?)
+            .stdout(dup(&slave)?)
+            .stderr(Stdio::from(slave));
     }
-    if let Some(w) = &v.agent.workdir {
-        helper.arg("--workdir").arg(w);
-    }
-    helper.arg("--").args(&command).env_clear().envs(&agent_env);
-    let child = helper
-        .spawn()
+    let child = sandbox
+        .spawn(launcher)
         .map_err(|e| Error::Start(format!("cannot start the agent launcher: {e}")))?;
-    let agent = Pid::from_raw(
+    // The launcher (and the Command, dropped on the sandbox thread) held the
+    // pty's slave; only the sandbox has it now.
+    let init = Pid::from_raw(
         i32::try_from(child.id()).map_err(|_| Error::Start("pid out of range".into()))?,
     );
     // The reaper below collects it; std's handle must never wait.
     drop(child);
-    tracing::info!(pid = agent.as_raw(), proxy = %bound, uid, gid, isolation = ?v.isolation, "agent started");
+    if let Some(p) = pty.as_mut() {
+        p.relay().map_err(Error::Start)?;
+    }
+    tracing::info!(pid = init.as_raw(), proxy = %bound, uid = ?ids.map(|i| i.0), isolation = ?v.isolation, filesystem = ?plan.filesystem, tty = pty.is_some(), "agent started");
 
     let kill_after = v
         .agent
         .kill_after
         .unwrap_or(std::time::Duration::from_secs(30));
     let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut fatal: Option<i32> = None;
     let status = loop {
-        if let Some(s) = reap(agent) {
+        if let Some(s) = reap(init) {
             break s;
         }
         let deadline = async {
@@ -132,27 +244,95 @@ pub async fn run(file: &Path, command: Vec<OsString>) -> Result<i32, Error> {
             }
         };
         tokio::select! {
-            _ = sigchld.recv() => {}
-            _ = sigterm.recv() => {
-                forward(agent, Signal::SIGTERM);
-                kill_at.get_or_insert_with(|| tokio::time::Instant::now() + kill_after);
-            }
-            _ = sigint.recv() => {
-                forward(agent, Signal::SIGINT);
-                kill_at.get_or_insert_with(|| tokio::time::Instant::now() + kill_after);
-            }
-            _ = sighup.recv() => forward(agent, Signal::SIGHUP),
+            sig = signals.recv() => match sig {
+                None | Some(Signal::SIGCHLD) => {}
+                Some(Signal::SIGWINCH) => {
+                    if let Some(p) = &pty {
+                        p.resize();
+                    } else {
+                        forward(init, Signal::SIGWINCH);
+                    }
+                }
+                Some(sig) if FATAL.contains(&sig) => {
+                    tracing::warn!(signal = %sig, "fatal signal: ending the sandbox, then exiting");
+                    fatal.get_or_insert(128 + sig as i32);
+                    forward(init, Signal::SIGKILL);
+                }
+                Some(sig) => {
+                    forward(init, sig);
+                    if STOPPING.contains(&sig) {
+                        kill_at.get_or_insert_with(|| tokio::time::Instant::now() + kill_after);
+                    }
+                }
+            },
             () = deadline => {
-                tracing::warn!(after_ms = kill_after.as_millis(), "agent ignored the stop signal; killing its process group");
-                forward(agent, Signal::SIGKILL);
+                tracing::warn!(after_ms = kill_after.as_millis(), "agent ignored the stop signal; killing the sandbox");
+                forward(init, Signal::SIGKILL);
                 kill_at = None;
             }
         }
     };
+    if let Some(p) = pty.as_mut() {
+        p.drain(std::time::Duration::from_secs(2));
+    }
+    drop(pty);
     tracing::info!(status, "agent exited; draining");
     let _ = stop_tx.send(());
     let _ = serve.await;
-    Ok(status)
+    Ok(fatal.unwrap_or(status))
+}
+
+/// Every signal `run` handles, as one stream. Handlers are installed before
+/// the agent exists, so no SIGCHLD is missed.
+struct Signals {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Signal>,
+}
+
+impl Signals {
+    fn new() -> Result<Self, String> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut all: Vec<i32> = [Signal::SIGCHLD, Signal::SIGWINCH]
+            .iter()
+            .chain(FORWARD)
+            .chain(FATAL)
+            .map(|s| *s as i32)
+            .collect();
+        // Real-time signals also end a process by default.
+        all.extend(nix::libc::SIGRTMIN()..=nix::libc::SIGRTMAX());
+        for n in all {
+            let mut stream = signal(SignalKind::from_raw(n))
+                .map_err(|e| format!("cannot handle signal {n}: {e}"))?;
+            // A real-time signal has no `Signal` value: it is fatal, like SIGALRM.
+            let sig = Signal::try_from(n).unwrap_or(Signal::SIGALRM);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while stream.recv().await.is_some() {
+                    if tx.send(sig).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(Self { rx })
+    }
+
+    async fn recv(&mut self) -> Option<Signal> {
+        self.rx.recv().await
+    }
+}
+
+fn create_hidden_dir(d: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(d)
+        .map_err(|e| {
+            format!(
+                "cannot create {} (to hide it from the agent): {e}",
+                d.display()
+            )
+        })
 }
 
 /// Reaps every exited child (orphans included); the agent's status once it is gone.
@@ -174,12 +354,11 @@ fn reap(agent: Pid) -> Option<i32> {
     }
 }
 
-fn forward(agent: Pid, sig: Signal) {
-    tracing::info!(signal = %sig, "forwarding to the agent's process group");
-    if nix::sys::signal::killpg(agent, sig).is_err() {
-        // Not yet in its own group (still in the launcher): signal it directly.
-        let _ = nix::sys::signal::kill(agent, sig);
-    }
+/// Signals the launcher (init), which passes stop signals on to the agent's
+/// process group; SIGKILL ends init and with it the whole PID namespace.
+fn forward(init: Pid, sig: Signal) {
+    tracing::info!(signal = %sig, "forwarding to the agent");
+    let _ = nix::sys::signal::kill(init, sig);
 }
 
 /// The tmpfs cover is the second lock; the first is that the agent's uid
@@ -217,101 +396,11 @@ fn isolation_possible() -> Result<(), String> {
             "isolation: full needs root (running as uid {euid}) to create network and mount namespaces and switch the agent to an unprivileged user; run as root or set isolation: none"
         ));
     }
-    if !Path::new("/proc/self/ns/net").exists() || !Path::new("/proc/self/ns/mnt").exists() {
-        return Err("isolation: full needs network and mount namespaces, which this kernel does not offer; set isolation: none".into());
+    if ["net", "mnt", "pid"]
+        .iter()
+        .any(|ns| !Path::new("/proc/self/ns").join(ns).exists())
+    {
+        return Err("isolation: full needs network, mount and PID namespaces, which this kernel does not offer; set isolation: none".into());
     }
     Ok(())
-}
-
-/// The agent's uid and gid from `agent.user` / `agent.group`.
-fn agent_ids(v: &Validated) -> Result<(u32, u32), (String, String)> {
-    use nix::unistd::{Group, User};
-    let (uid, primary) = match v.agent.user.as_deref() {
-        None => (65534, None),
-        Some(u) => match u.parse::<u32>() {
-            Ok(n) => (
-                n,
-                User::from_uid(n.into())
-                    .ok()
-                    .flatten()
-                    .map(|u| u.gid.as_raw()),
-            ),
-            Err(_) => {
-                let user = User::from_name(u)
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| ("agent.user".to_owned(), format!("no user named '{u}'")))?;
-                (user.uid.as_raw(), Some(user.gid.as_raw()))
-            }
-        },
-    };
-    let gid = match v.agent.group.as_deref() {
-        None => primary.unwrap_or(65534),
-        Some(g) => match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => Group::from_name(g)
-                .ok()
-                .flatten()
-                .ok_or_else(|| ("agent.group".to_owned(), format!("no group named '{g}'")))?
-                .gid
-                .as_raw(),
-        },
-    };
-    Ok((uid, gid))
-}
-
-/// Directories the agent must not see: the Workload API socket's, the static
-/// token files', the CA key's, and `agent.hide`.
-fn hidden_dirs(v: &Validated) -> Result<Vec<PathBuf>, (String, String)> {
-    let mut dirs = BTreeSet::new();
-    let socket = v.spiffe.endpoint_socket.clone().or_else(|| {
-        std::env::var("SPIFFE_ENDPOINT_SOCKET")
-            .ok()
-            .filter(|s| !s.is_empty())
-    });
-    if let Some(s) = socket {
-        let path = s.trim_start_matches("unix://").trim_start_matches("unix:");
-        if let Some(parent) = Path::new(path).parent() {
-            dirs.insert(parent.to_owned());
-        }
-    }
-    for p in v.providers.values() {
-        if let Some(parent) = p.static_token.as_ref().and_then(|s| s.token_file.parent()) {
-            dirs.insert(parent.to_owned());
-        }
-    }
-    if let Some(parent) = v
-        .settings
-        .config
-        .ca
-        .key_file
-        .as_deref()
-        .and_then(Path::parent)
-    {
-        dirs.insert(parent.to_owned());
-    }
-    dirs.extend(v.agent.hide.iter().cloned());
-    let ca_dir = &v.settings.config.ca.dir;
-    let mut out = Vec::new();
-    for d in dirs {
-        if d.as_os_str().is_empty() || d == Path::new("/") {
-            return Err(("agent.hide".into(), "cannot hide the root directory: keep the socket, token and key files in directories of their own".into()));
-        }
-        if ca_dir.starts_with(&d) {
-            return Err((
-                "agent.hide".into(),
-                format!(
-                    "hiding {} would also hide the CA directory {} the agent needs",
-                    d.display(),
-                    ca_dir.display()
-                ),
-            ));
-        }
-        if d.is_dir() {
-            out.push(d);
-        } else {
-            tracing::warn!(dir = %d.display(), "not hiding a directory that does not exist");
-        }
-    }
-    Ok(out)
 }
