@@ -536,3 +536,62 @@ fn check_validates_the_agent_section() {
     assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(err.contains("CA directory"), "{err}");
 }
+
+/// Defence in depth, checked from inside: no capability can come back, the
+/// seccomp filter is on and refuses namespaces and keyrings, and Landlock
+/// confines writes even where the mount namespace would allow them (host
+/// root, a world-writable directory outside the workdir).
+#[test]
+fn the_kernel_surface_is_narrowed() {
+    require_root();
+    let dir = open_dir();
+    // Outside /tmp, which stays writable in a host root.
+    let outside = tempfile::tempdir_in("/var/tmp").unwrap();
+    let open = outside.path().join("world-writable");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "agent: {{ filesystem: host, workdir: {} }}\n",
+            work.display()
+        ),
+    );
+    let script = format!(
+        r#"
+grep -E '^(CapBnd|CapEff|NoNewPrivs|Seccomp):' /proc/self/status | tr -d ' \t' | tr ':' '='
+unshare -U true 2>/dev/null && echo userns=created || echo userns=refused
+/usr/bin/python3 -c 'import ctypes; l=ctypes.CDLL(None,use_errno=True); print("keyctl=" + ("allowed" if l.syscall(250,0,0,0,0,0)!=-1 or ctypes.get_errno()!=1 else "refused"))'
+touch {open}/x 2>/dev/null && echo outside_write=allowed || echo outside_write=refused
+touch ./x 2>/dev/null && echo workdir_write=allowed || echo workdir_write=refused
+echo done
+"#,
+        open = open.display()
+    );
+    let (code, lines, err) = agent(&cfg, &script);
+    assert_eq!(code, Some(0), "{lines:?}{err}");
+    assert!(
+        !err.contains("landlock unavailable"),
+        "this kernel has no Landlock; the suite needs it: {err}"
+    );
+    for want in [
+        "CapBnd=0000000000000000",
+        "CapEff=0000000000000000",
+        "NoNewPrivs=1",
+        "Seccomp=2",
+        "userns=refused",
+        "keyctl=refused",
+        "outside_write=refused",
+        "workdir_write=allowed",
+    ] {
+        assert!(
+            lines.iter().any(|l| l == want),
+            "missing {want}: {lines:?}\n{err}"
+        );
+    }
+    assert!(!open.join("x").exists());
+    assert!(work.join("x").exists());
+}

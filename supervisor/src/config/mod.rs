@@ -274,9 +274,12 @@ pub struct TokenGrantConfig {
     /// `requested_token_type` form field (token exchange).
     #[serde(default)]
     pub requested_token_type: Option<String>,
-    /// Additional form fields sent as given (cannot override the ones above).
+    /// Additional form fields (cannot override the ones above). A value is a
+    /// string, or `{ file: PATH }` to read it (trimmed) from a file at start:
+    /// keep secrets such as `client_secret` there, in a directory of their own
+    /// (`lanyard run` hides it from the agent).
     #[serde(default)]
-    pub extra_params: BTreeMap<String, String>,
+    pub extra_params: BTreeMap<String, ParamValue>,
     /// Lifetime assumed when the issuer sends no `expires_in` and the token carries no `exp`.
     #[serde(default = "five_minutes", deserialize_with = "duration")]
     pub default_lifetime: Duration,
@@ -289,6 +292,45 @@ pub struct TokenGrantConfig {
     /// Largest token endpoint response read.
     #[serde(default = "sixty_four_k")]
     pub max_response_bytes: usize,
+}
+
+/// One `extra_params` value. `Debug` never shows an inline value.
+#[derive(Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    /// Written in the config.
+    Inline(String),
+    /// Read from a file.
+    File(ParamFile),
+}
+
+/// `{ file: PATH }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamFile {
+    /// The file holding the value (surrounding whitespace ignored).
+    pub file: PathBuf,
+}
+
+impl std::fmt::Debug for ParamValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Inline(_) => f.write_str("<redacted>"),
+            Self::File(p) => write!(f, "{{ file: {} }}", p.file.display()),
+        }
+    }
+}
+
+impl ParamValue {
+    /// The value; a file's contents, read now.
+    pub fn resolve(&self) -> Result<String, String> {
+        match self {
+            Self::Inline(v) => Ok(v.clone()),
+            Self::File(p) => std::fs::read_to_string(&p.file)
+                .map(|s| s.trim().to_owned())
+                .map_err(|e| format!("cannot read {}: {e}", p.file.display())),
+        }
+    }
 }
 
 fn five_minutes() -> Duration {

@@ -178,3 +178,29 @@ fn static_providers_refuse_token_scoping() {
     assert_eq!(e.field, "endpoints[0]");
     assert!(e.reason.contains("token_grant"), "{e}");
 }
+
+#[test]
+fn extra_params_values_never_print_and_may_come_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("client_secret");
+    std::fs::write(&secret_file, "from-a-file\n").unwrap();
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nca: {{ dir: /run/lanyard/ca }}\nproviders:\n  g: {{ token_grant: {{ grant: client_credentials, token_endpoint: \"https://i/t\", extra_params: {{ inline: inline-secret, filed: {{ file: {} }} }} }} }}\n",
+        secret_file.display()
+    );
+    let p = Path::new(FILE);
+    let v = Config::parse(&yaml, p).unwrap().validate(p).unwrap();
+    let debug = format!("{v:?}");
+    assert!(!debug.contains("inline-secret"), "{debug}");
+    assert!(!debug.contains("from-a-file"), "{debug}");
+    let g = v.providers["g"].token_grant.as_ref().unwrap();
+    assert_eq!(g.extra_params["inline"].resolve().unwrap(), "inline-secret");
+    assert_eq!(g.extra_params["filed"].resolve().unwrap(), "from-a-file");
+    std::fs::remove_file(&secret_file).unwrap();
+    let why = g.extra_params["filed"].resolve().unwrap_err();
+    assert!(why.contains("client_secret"), "{why}");
+    assert!(
+        Config::parse(&yaml.replace("{ file:", "{ path:"), p).is_err(),
+        "an unknown key in a file value is refused"
+    );
+}

@@ -169,6 +169,13 @@ impl GrantSource {
                 ));
             }
         }
+        let mut extra_params = BTreeMap::new();
+        for (k, v) in &cfg.extra_params {
+            let value = v
+                .resolve()
+                .map_err(|r| (field(&format!("extra_params.{k}")), r))?;
+            extra_params.insert(k.clone(), value);
+        }
         let provider: Arc<str> = Arc::from(name);
         let mut by_endpoint = HashMap::new();
         for (i, e) in endpoints
@@ -213,7 +220,7 @@ impl GrantSource {
                 scopes,
                 resource: cfg.resource.clone(),
                 requested_token_type: cfg.requested_token_type.clone(),
-                extra_params: cfg.extra_params.clone(),
+                extra_params: extra_params.clone(),
             };
             by_endpoint.insert(
                 e.name.clone(),

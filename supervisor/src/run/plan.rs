@@ -71,6 +71,16 @@ pub fn plan(v: &Validated, file: &Path) -> Result<Plan, ConfigFileError> {
                 dir.to_owned(),
             ));
         }
+        for (k, value) in p.token_grant.iter().flat_map(|g| &g.extra_params) {
+            if let crate::config::ParamValue::File(f) = value
+                && let Some(dir) = f.file.parent()
+            {
+                dirs.push((
+                    format!("providers.{name}.token_grant.extra_params.{k}"),
+                    dir.to_owned(),
+                ));
+            }
+        }
     }
     if let Some(dir) = v
         .settings
