@@ -68,6 +68,7 @@ done
 try:
     fd=os.open("/dev/tty",os.O_RDWR); fcntl.ioctl(fd, termios.TIOCSTI, b"X"); print("tiocsti=injected")
 except OSError as e: print("tiocsti=denied")'
+echo "size=$(stty size)"
 echo ready
 read line
 echo "got=$line"
@@ -76,7 +77,7 @@ echo "got=$line"
     std::fs::write(&agent_file, agent).unwrap();
     let pending = r#"/usr/bin/python3 -c 'import fcntl,termios,struct; print("pending=%d" % struct.unpack("i", fcntl.ioctl(0, termios.FIONREAD, b"\0\0\0\0"))[0])'"#;
     let inner = format!(
-        "{LANYARD} run --config {cfg} -- sh -c \"$(cat {agent})\"; echo status=$?; {pending}",
+        "stty rows 33 cols 77; {LANYARD} run --config {cfg} -- sh -c \"$(cat {agent})\"; echo status=$?; {pending}",
         cfg = cfg.display(),
         agent = agent_file.display(),
     );
@@ -113,6 +114,10 @@ echo "got=$line"
         "the agent could not read its terminal: {seen:#?}"
     );
     assert!(seen.iter().any(|l| l == "status=0"), "{seen:#?}");
+    assert!(
+        seen.iter().any(|l| l.ends_with("size=33 77")),
+        "the agent's pty did not get the terminal's size: {seen:#?}"
+    );
     assert!(
         seen.iter().any(|l| l == "pending=0"),
         "input was injected into the outer terminal: {seen:#?}"
