@@ -11,7 +11,7 @@ fail() { printf '\nFAIL: %s\n' "$*" >&2; exit 1; }
 command -v curl >/dev/null || fail "curl is required (apt-get install curl)"
 say "building lanyard and the demo upstream"
 cargo build --quiet --bin lanyard --bin demo-upstream
-bin=target/debug
+bin=${CARGO_TARGET_DIR:-target}/debug
 
 work=$(mktemp -d)
 pids=()

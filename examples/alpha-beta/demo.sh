@@ -18,7 +18,7 @@ fail() { printf '\nDEMO FAILED: %s\n' "$*" >&2; exit 1; }
 scripts/install-deps >/dev/null
 bold "building lanyard and the demo services"
 cargo build --quiet --bin lanyard --bin demo-pki --bin demo-issuer --bin demo-service
-bin=$root/target/debug
+bin=${CARGO_TARGET_DIR:-$root/target}/debug
 spire=$(scripts/install-spire)
 
 work=$(mktemp -d /tmp/lanyard-demo.XXXXXX)
