@@ -8,6 +8,8 @@
 //! - `/stream`: streams the request body straight back;
 //! - `/claims`: the `sub` and `aud` of a bearer JWT, never the token itself
 //!   (so a client can see what was injected without learning it);
+//! - `/reflect`: like any path, and also hands the request's `authorization`
+//!   back in an `x-echo-authorization` response header, as debug endpoints do;
 //! - `Upgrade` requests: `101`, then echoes raw bytes on the upgraded stream.
 
 use std::convert::Infallible;
@@ -215,7 +217,19 @@ async fn handle(mut req: Request<Incoming>, name: &str) -> Response<Body> {
     for v in req.headers().get_all("x-test") {
         text.push_str(&format!("x-test: {}\n", v.to_str().unwrap_or("<binary>")));
     }
-    Response::new(Either::Left(Either::Left(Full::new(Bytes::from(text)))))
+    for v in req.headers().get_all(header::MAX_FORWARDS) {
+        text.push_str(&format!(
+            "max-forwards: {}\n",
+            v.to_str().unwrap_or("<binary>")
+        ));
+    }
+    let mut resp = Response::new(Either::Left(Either::Left(Full::new(Bytes::from(text)))));
+    if req.uri().path().ends_with("/reflect")
+        && let Some(a) = req.headers().get(header::AUTHORIZATION)
+    {
+        resp.headers_mut().insert("x-echo-authorization", a.clone());
+    }
+    resp
 }
 
 fn claims(headers: &HeaderMap) -> String {

@@ -85,12 +85,17 @@ pub(crate) async fn serve(
     left
 }
 
+/// A client connection's place under `limits.max_connections`, held by
+/// everything that still carries its bytes (the connection, a CONNECT tunnel,
+/// an interception, a spliced upgrade).
+pub(crate) type ConnPermit = Arc<OwnedSemaphorePermit>;
+
 /// Per-client-connection state of the front end.
 pub(crate) struct Front {
     shared: Arc<Shared>,
-    /// Shared with tunnels spawned from this connection, so a CONNECT tunnel
-    /// keeps counting against max_connections after the HTTP layer hands it off.
-    permit: Arc<OwnedSemaphorePermit>,
+    /// Shared with tunnels and upgrades spawned from this connection, so they
+    /// keep counting against max_connections after the HTTP layer hands them off.
+    pub(crate) permit: ConnPermit,
     /// Upstream for plain `http://` forwarding, reused while the client keeps
     /// asking for the same destination.
     pub(crate) plain: Mutex<Option<(Target, SocketAddr, Sender)>>,
@@ -196,14 +201,14 @@ impl Front {
         let permit = self.permit.clone();
         shared.drain.spawn(move |watch| {
             async move {
-                let _permit = permit;
                 let client = match on_upgrade.await {
                     Ok(u) => u,
                     Err(e) => return debug!(error = %e, "CONNECT upgrade failed"),
                 };
                 if plan == ConnectPlan::Intercept {
-                    intercept::run(task_shared, client, target, dialed, watch).await;
+                    intercept::run(task_shared, client, target, dialed, watch, permit).await;
                 } else {
+                    let _permit = permit;
                     tunnel(client, dialed).await;
                 }
             }

@@ -87,6 +87,13 @@ impl SandboxCa {
             .map_err(|e| CaError::Invalid(format!("{}: {e}", key_file.display())))?;
         let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
             .map_err(|e| CaError::Invalid(format!("{}: {e}", cert_file.display())))?;
+        check_ca_pair(&cert_der, &key).map_err(|why| {
+            CaError::Invalid(format!(
+                "{} with {}: {why}",
+                cert_file.display(),
+                key_file.display()
+            ))
+        })?;
         let issuer = Issuer::from_ca_cert_der(&cert_der, key)
             .map_err(|e| CaError::Invalid(format!("{}: {e}", cert_file.display())))?;
         Ok(SandboxCa {
@@ -118,6 +125,7 @@ impl SandboxCa {
             move |source| CaError::Io { path, source }
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        check_dir(dir).map_err(io(dir))?;
         let mut bundle = String::new();
         for der in roots {
             bundle.push_str(&pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec())));
@@ -131,10 +139,7 @@ impl SandboxCa {
             (&files.ca_pem, self.cert_pem.as_str()),
             (&files.bundle_pem, &bundle),
         ] {
-            let tmp = path.with_extension("pem.tmp");
-            std::fs::write(&tmp, body).map_err(io(&tmp))?;
-            set_mode(&tmp, 0o644).map_err(io(&tmp))?;
-            std::fs::rename(&tmp, path).map_err(io(path))?;
+            write_atomically(path, body, 0o644).map_err(io(path))?;
         }
         Ok(files)
     }
@@ -173,9 +178,106 @@ impl SandboxCa {
     }
 }
 
-fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+/// A loaded CA must be one: its key matches its certificate, the certificate
+/// says it is a CA (and may sign certificates), and it is valid now.
+/// Otherwise every agent handshake would fail later, with no hint why.
+fn check_ca_pair(cert_der: &CertificateDer<'_>, key: &KeyPair) -> Result<(), String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(cert_der.as_ref())
+        .map_err(|e| format!("certificate does not parse: {e}"))?;
+    if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+        return Err("the private key does not belong to the certificate".into());
+    }
+    match cert.basic_constraints() {
+        Ok(Some(bc)) if bc.value.ca => {}
+        _ => return Err("the certificate is not a CA (basicConstraints cA is not set)".into()),
+    }
+    if let Ok(Some(ku)) = cert.key_usage()
+        && !ku.value.key_cert_sign()
+    {
+        return Err("the certificate's key usage does not allow signing certificates".into());
+    }
+    let validity = cert.validity();
+    if !validity.is_valid() {
+        return Err(format!(
+            "the certificate is not valid now (not before {}, not after {})",
+            validity.not_before, validity.not_after
+        ));
+    }
+    Ok(())
+}
+
+/// Writes `body` to `path` through a fresh temporary file in the same
+/// directory: created exclusively (a planted file or symlink at the
+/// temporary name makes this fail rather than be followed), mode set on the
+/// open file, then renamed over `path` (which replaces a link, never follows it).
+fn write_atomically(path: &Path, body: &str, mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map_or_else(Default::default, |n| n.to_string_lossy());
+    let mut last = None;
+    for _ in 0..8 {
+        let tmp = dir.join(format!(".{name}.{:016x}.tmp", rand_u64()));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            // O_CREAT|O_EXCL: never follows a link at the name.
+            .mode(0o600)
+            .open(&tmp);
+        let mut file = match file {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                last = Some(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let done = file
+            .write_all(body.as_bytes())
+            .and_then(|()| file.set_permissions(std::fs::Permissions::from_mode(mode)))
+            .and_then(|()| file.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if done.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        return done;
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free temporary name")))
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// Refuses a trust-file directory that others may write: they could swap
+/// the files the agent trusts, or plant links for Lanyard (root) to follow.
+fn check_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(dir)?;
+    if m.file_type().is_symlink() || !m.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory (a symlink is refused)",
+            dir.display()
+        )));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(std::io::Error::other(format!(
+            "{} is writable by group or others (mode {:o}); make it 0755 or stricter",
+            dir.display(),
+            m.mode() & 0o7777
+        )));
+    }
+    Ok(())
 }
 
 /// Paths of the trust files written for the agent.
@@ -273,5 +375,93 @@ mod tests {
         let err = SandboxCa::load(&dir.path().join("c.pem"), &dir.path().join("missing.pem"))
             .unwrap_err();
         assert!(err.to_string().contains("missing.pem"));
+    }
+
+    fn write_pair(
+        dir: &Path,
+        name: &str,
+        params: &CertificateParams,
+        key: &KeyPair,
+    ) -> (PathBuf, PathBuf) {
+        let cert = params.self_signed(key).unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}-key.pem")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    #[test]
+    fn a_ca_that_cannot_work_is_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let (cert, _) = write_pair(dir.path(), "good", &ca, &key);
+        // A key from another pair.
+        let (_, other_key) = write_pair(dir.path(), "other", &ca, &KeyPair::generate().unwrap());
+        let e = SandboxCa::load(&cert, &other_key).unwrap_err().to_string();
+        assert!(e.contains("does not belong to the certificate"), "{e}");
+        // Not a CA.
+        let leaf = CertificateParams::new(vec!["x.test".into()]).unwrap();
+        let (c, k) = write_pair(dir.path(), "leaf", &leaf, &KeyPair::generate().unwrap());
+        let e = SandboxCa::load(&c, &k).unwrap_err().to_string();
+        assert!(e.contains("not a CA"), "{e}");
+        // A CA whose key usage forbids signing certificates.
+        let mut no_sign = ca.clone();
+        no_sign.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let (c, k) = write_pair(
+            dir.path(),
+            "nosign",
+            &no_sign,
+            &KeyPair::generate().unwrap(),
+        );
+        let e = SandboxCa::load(&c, &k).unwrap_err().to_string();
+        assert!(e.contains("key usage"), "{e}");
+        // Expired.
+        let mut old = ca.clone();
+        old.not_before = time::OffsetDateTime::now_utc() - Duration::from_secs(7200);
+        old.not_after = time::OffsetDateTime::now_utc() - Duration::from_secs(3600);
+        let (c, k) = write_pair(dir.path(), "old", &old, &KeyPair::generate().unwrap());
+        let e = SandboxCa::load(&c, &k).unwrap_err().to_string();
+        assert!(e.contains("not valid now"), "{e}");
+    }
+
+    #[test]
+    fn trust_files_never_follow_planted_links() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // Links at the old predictable temporary name and at the final names.
+        std::os::unix::fs::symlink(&victim, out.join("ca.pem.tmp")).unwrap();
+        std::os::unix::fs::symlink(&victim, out.join("bundle.pem")).unwrap();
+        let ca = SandboxCa::generate().unwrap();
+        let files = ca.write_trust_files(&out, &[]).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the victim was chmodded");
+        assert!(
+            !std::fs::symlink_metadata(&files.bundle_pem)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        let mode = std::fs::metadata(&files.ca_pem)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o644);
+        // A directory others can write is refused.
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = ca.write_trust_files(&out, &[]).unwrap_err().to_string();
+        assert!(e.contains("writable by group or others"), "{e}");
     }
 }

@@ -230,7 +230,21 @@ impl Default for LimitsConfig {
     }
 }
 
-/// Parses `250ms`, `10s`, `5m`, `1h` (or a bare number of seconds).
+/// The longest duration any setting accepts: beyond it, deadline arithmetic
+/// (`Instant + d`) could overflow and panic on every connection.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+fn capped(d: Duration, written: &str) -> Result<Duration, String> {
+    if d > MAX_DURATION {
+        return Err(format!(
+            "'{written}' is longer than the 366 days any duration here may be"
+        ));
+    }
+    Ok(d)
+}
+
+/// Parses `250ms`, `10s`, `5m`, `1h` (or a bare number of seconds), at most
+/// [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -249,7 +263,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ));
         }
     };
-    Ok(d)
+    capped(d, s)
 }
 
 /// serde helper for [`parse_duration`]; also accepts an integer number of seconds.
@@ -261,7 +275,9 @@ pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Text(String),
     }
     match Raw::deserialize(d)? {
-        Raw::Secs(n) => Ok(Duration::from_secs(n)),
+        Raw::Secs(n) => {
+            capped(Duration::from_secs(n), &n.to_string()).map_err(serde::de::Error::custom)
+        }
         Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
     }
 }

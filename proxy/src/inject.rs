@@ -3,8 +3,10 @@
 //! replace the credential header. Everything here happens before a byte of
 //! the request reaches the upstream.
 
+use bytes::Bytes;
 use http::uri::{PathAndQuery, Uri};
-use http::{HeaderValue, Request, Version, header};
+use http::{HeaderValue, Method, Request, Response, Version, header};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use zeroize::Zeroizing;
 
@@ -19,6 +21,8 @@ pub(crate) struct Prepared {
     pub(crate) req: Request<Incoming>,
     /// Name of the endpoint whose credential was injected.
     pub(crate) endpoint: Option<String>,
+    /// The credential injected, to keep it out of the response (see [`scrub_echo`]).
+    pub(crate) credential: Option<crate::Secret>,
     /// An HTTP/1.1 upgrade is being relayed.
     pub(crate) upgrade: bool,
 }
@@ -85,6 +89,48 @@ pub(crate) fn check_names(
     Ok(())
 }
 
+/// Methods Lanyard answers `OPTIONS` with when it is the final recipient.
+const ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+/// RFC 9110 §7.6.2: a proxy checks and decrements `Max-Forwards` on TRACE
+/// and OPTIONS, and at 0 answers as the final recipient instead of
+/// forwarding: OPTIONS gets 200 with `Allow`, TRACE 405 (Lanyard does not
+/// echo requests). Returns the local answer, if any.
+pub(crate) fn max_forwards(
+    req: &mut Request<Incoming>,
+) -> Result<Option<Response<Full<Bytes>>>, ProxyError> {
+    if *req.method() != Method::TRACE && *req.method() != Method::OPTIONS {
+        return Ok(None);
+    }
+    let mut values = req.headers().get_all(header::MAX_FORWARDS).iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ProxyError::BadRequest(
+            "more than one Max-Forwards header".into(),
+        ));
+    }
+    let n: u32 = v
+        .to_str()
+        .ok()
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ProxyError::BadRequest("Max-Forwards is not a number".into()))?;
+    if n == 0 {
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        if *req.method() == Method::TRACE {
+            *resp.status_mut() = http::StatusCode::METHOD_NOT_ALLOWED;
+        }
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+        return Ok(Some(resp));
+    }
+    req.headers_mut()
+        .insert(header::MAX_FORWARDS, HeaderValue::from(n - 1));
+    Ok(None)
+}
+
 /// Prepares `req` for an upstream speaking HTTP/2 (`upstream_h2`) or HTTP/1.1.
 pub(crate) async fn prepare(
     shared: &Shared,
@@ -106,6 +152,7 @@ pub(crate) async fn prepare(
     let rule = shared.settings.router.find(target, &path, req.method());
     let upgrade = upgrade_ok && !upstream_h2 && is_upgrade(&req);
     strip_hop_by_hop(req.headers_mut(), upgrade);
+    let mut credential = None;
     let endpoint = match rule {
         Some(rule) => {
             if let Some(addr) = cleartext_to {
@@ -117,7 +164,7 @@ pub(crate) async fn prepare(
                     )));
                 }
             }
-            inject(shared, rule, &mut req).await?;
+            credential = Some(inject(shared, rule, &mut req).await?);
             Some(rule.name.clone())
         }
         None => None,
@@ -155,6 +202,7 @@ pub(crate) async fn prepare(
     Ok(Prepared {
         req,
         endpoint,
+        credential,
         upgrade,
     })
 }
@@ -165,7 +213,7 @@ async fn inject(
     shared: &Shared,
     rule: &Rule,
     req: &mut Request<Incoming>,
-) -> Result<(), ProxyError> {
+) -> Result<crate::Secret, ProxyError> {
     let fail = |cause: String| ProxyError::Credential {
         endpoint: rule.name.clone(),
         provider: rule.provider.clone(),
@@ -186,7 +234,33 @@ async fn inject(
     let headers = req.headers_mut();
     headers.remove(&rule.header);
     headers.insert(rule.header.clone(), value);
-    Ok(())
+    Ok(token)
+}
+
+/// An upstream that reflects request headers (a debug endpoint, a TRACE-like
+/// handler behind another method) would hand the injected credential back to
+/// the agent. Every response header whose value contains it is removed;
+/// returns how many were. Bodies stream through unexamined: the endpoint is
+/// the one the token was minted for, and ARCHITECTURE.md says so.
+pub(crate) fn scrub_echo<B>(resp: &mut Response<B>, credential: Option<&crate::Secret>) -> usize {
+    let Some(secret) = credential
+        .map(crate::Secret::expose)
+        .filter(|s| s.len() >= 8)
+    else {
+        return 0;
+    };
+    let needle = secret.as_bytes();
+    let echoed: Vec<header::HeaderName> = resp
+        .headers()
+        .iter()
+        .filter(|(_, v)| v.as_bytes().windows(needle.len()).any(|w| w == needle))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in &echoed {
+        resp.headers_mut().remove(k);
+        tracing::warn!(header = %k, "the upstream echoed the injected credential in a response header; removed");
+    }
+    echoed.len()
 }
 
 /// An origin-form `PathAndQuery` for logs: the path without the query, which

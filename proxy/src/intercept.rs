@@ -18,6 +18,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::Shared;
+use crate::accept::ConnPermit;
 use crate::error::ProxyError;
 use crate::inject::{self, Scheme};
 use crate::io::DrainWatch;
@@ -34,6 +35,8 @@ struct Tunnel {
     client_h2: bool,
     /// The upstream connection, or why there is none (answered as 502/504).
     upstream: Mutex<Result<Sender, ProxyError>>,
+    /// Held by upgrades spliced out of this interception too.
+    permit: ConnPermit,
 }
 
 /// Runs an interception on `client` (the upgraded CONNECT stream) towards
@@ -44,6 +47,7 @@ pub(crate) async fn run(
     target: Target,
     dialed: Dialed,
     mut watch: DrainWatch,
+    permit: ConnPermit,
 ) {
     let hs = shared.settings.config.limits.tls_handshake_timeout;
     let acceptor =
@@ -113,6 +117,7 @@ pub(crate) async fn run(
         sni_problem,
         client_h2,
         upstream: Mutex::new(upstream),
+        permit,
     });
     let svc = service_fn(move |req| {
         let t = tunnel.clone();
@@ -175,6 +180,10 @@ impl Tunnel {
         if let Some(p) = &self.sni_problem {
             return Err(ProxyError::Misdirected(p.clone()));
         }
+        let mut req = req;
+        if let Some(local) = inject::max_forwards(&mut req)? {
+            return Ok((local.map(Either::Right), None));
+        }
         let shared = &self.shared;
         let mut slot = self.upstream.lock().await;
         // A broken upstream is reported before any credential is fetched.
@@ -190,7 +199,16 @@ impl Tunnel {
             drop(slot);
             let p = inject::prepare(shared, &self.target, Scheme::Https, req, true, false, None)
                 .await?;
-            let resp = relay::forward(shared, &mut sender, &self.target, p.req, false).await?;
+            let mut resp = relay::forward(
+                shared,
+                &mut sender,
+                &self.target,
+                p.req,
+                false,
+                &self.permit,
+            )
+            .await?;
+            inject::scrub_echo(&mut resp, p.credential.as_ref());
             return Ok((resp, p.endpoint));
         }
         if slot.as_ref().is_ok_and(Sender::is_closed) {
@@ -209,7 +227,9 @@ impl Tunnel {
         )
         .await?;
         let sender = slot.as_mut().map_err(|e| e.clone())?;
-        let resp = relay::forward(shared, sender, &self.target, p.req, p.upgrade).await?;
+        let mut resp =
+            relay::forward(shared, sender, &self.target, p.req, p.upgrade, &self.permit).await?;
+        inject::scrub_echo(&mut resp, p.credential.as_ref());
         Ok((resp, p.endpoint))
     }
 

@@ -19,6 +19,9 @@ pub(crate) async fn forward(
     mut req: Request<Incoming>,
 ) -> Result<(Response<ResBody>, Option<String>), ProxyError> {
     let shared = front.shared();
+    if let Some(local) = inject::max_forwards(&mut req)? {
+        return Ok((local.map(http_body_util::Either::Right), None));
+    }
     if req.uri().scheme_str() != Some("http") {
         return Err(ProxyError::BadRequest(
             "only http:// may be sent in absolute form; send https:// through CONNECT".into(),
@@ -72,6 +75,7 @@ pub(crate) async fn forward(
         ));
     };
     let p = inject::prepare(shared, &target, Scheme::Http, req, false, true, Some(*addr)).await?;
-    let resp = relay::forward(shared, sender, &target, p.req, p.upgrade).await?;
+    let mut resp = relay::forward(shared, sender, &target, p.req, p.upgrade, &front.permit).await?;
+    inject::scrub_echo(&mut resp, p.credential.as_ref());
     Ok((resp, p.endpoint))
 }

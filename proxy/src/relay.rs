@@ -314,6 +314,7 @@ pub(crate) async fn forward(
     dest: &Target,
     mut req: Request<Incoming>,
     upgrade: bool,
+    permit: &crate::accept::ConnPermit,
 ) -> Result<Response<ResBody>, ProxyError> {
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let mut resp = sender.send(shared, dest, req).await?;
@@ -321,8 +322,11 @@ pub(crate) async fn forward(
     if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let span = tracing::Span::current();
+        // The splice is the client connection now: it keeps its place under max_connections.
+        let permit = permit.clone();
         shared.drain.spawn(move |_watch| {
             async move {
+                let _permit = permit;
                 let (c, u) = tokio::join!(client_upgrade, upstream_upgrade);
                 match (c, u) {
                     (Ok(c), Ok(u)) => splice(TokioIo::new(c), TokioIo::new(u)).await,

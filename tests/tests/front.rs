@@ -294,3 +294,51 @@ async fn max_connections_queues_clients_instead_of_refusing_them() {
         .expect("queued client never served");
     assert_eq!(r.status, 200);
 }
+
+/// An upgraded connection (a websocket) is still a client connection: it
+/// keeps its place under max_connections after the 101, so upgrades cannot be
+/// used to run more connections than the limit.
+#[tokio::test]
+async fn upgrades_keep_their_connection_slot() {
+    let w = World::new();
+    let up = w.upstream("alpha", &["alpha.test"], &[H1]).await;
+    let port = up.addr.port();
+    let p = start(
+        &w.alpha_yaml(port, "limits: { max_connections: 1 }\n"),
+        w.dir.path(),
+    )
+    .await;
+    let auth = format!("alpha.test:{port}");
+    let mut ws = intercepted(&p, &auth, "alpha.test", &[H1]).await;
+    ws.write_all(
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: {auth}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let r = read_response(&mut ws).await;
+    assert_eq!(r.status, 101, "{r:?}");
+    ws.write_all(b"still here").await.unwrap();
+    let mut back = [0u8; 10];
+    ws.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"still here");
+    // The websocket holds the only slot: a second client is not served.
+    let mut second = TcpStream::connect(p.addr).await.unwrap();
+    second
+        .write_all(format!("CONNECT {auth} HTTP/1.1\r\nHost: {auth}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(300), second.read(&mut byte)).await;
+    assert!(
+        early.is_err(),
+        "served beyond max_connections while a websocket was open"
+    );
+    drop(ws);
+    let r = tokio::time::timeout(Duration::from_secs(10), read_response(&mut second))
+        .await
+        .expect("queued client never served after the websocket closed");
+    assert_eq!(r.status, 200);
+}

@@ -425,3 +425,109 @@ async fn missing_token_is_a_503_naming_endpoint_and_provider() {
     let r = c.send(get("/public", &auth)).await;
     assert_eq!(r.status, StatusCode::OK);
 }
+
+/// Methods and endpoints that hand the request back to the agent never carry
+/// the credential: TRACE is not injected whatever `methods` says (and cannot
+/// be listed), Max-Forwards is honoured, and a response header echoing the
+/// credential is removed.
+#[tokio::test]
+async fn nothing_hands_the_credential_back() {
+    let w = World::new();
+    let up = w.upstream("alpha", &["alpha.test"], &[H1]).await;
+    let port = up.addr.port();
+    let p = start(&w.alpha_yaml(port, ""), w.dir.path()).await;
+    let auth = format!("alpha.test:{port}");
+    let tls = intercepted(&p, &auth, "alpha.test", &[H1]).await;
+    let mut c = Client::new(tls, false).await;
+    let req = |m: Method, path: &str, max_fwd: Option<&str>| {
+        let mut b = Request::builder().method(m).uri(path).header("host", &auth);
+        if let Some(v) = max_fwd {
+            b = b.header("max-forwards", v);
+        }
+        b.body(Full::new(Bytes::new())).unwrap()
+    };
+    // TRACE goes through (the endpoint lists no methods) but uninjected.
+    let r = c.send(req(Method::TRACE, "/x", None)).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(
+        auth_lines(&r.body),
+        vec!["-"],
+        "TRACE was injected: {}",
+        r.body
+    );
+    assert!(!r.body.contains(TOKEN));
+    // GET on the same path is injected, so the rule does match.
+    let r = c.send(get("/x", &auth)).await;
+    assert_eq!(
+        auth_lines(&r.body),
+        vec![format!("Bearer {TOKEN}").as_str()]
+    );
+
+    // Max-Forwards: 0 is answered by Lanyard, never forwarded.
+    let before = up.hits();
+    let r = c.send(req(Method::OPTIONS, "/x", Some("0"))).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert!(r.headers.contains_key("allow"), "{r:?}");
+    let r = c.send(req(Method::TRACE, "/x", Some("0"))).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{r:?}");
+    assert_eq!(up.hits(), before, "a Max-Forwards: 0 request was forwarded");
+    // Otherwise it is decremented on the way.
+    let r = c.send(req(Method::OPTIONS, "/x", Some("5"))).await;
+    assert!(r.body.contains("max-forwards: 4"), "{}", r.body);
+    let r = c.send(req(Method::OPTIONS, "/x", Some("five"))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{r:?}");
+
+    // An upstream reflecting the header gets it stripped from the response.
+    let r = c.send(get("/reflect", &auth)).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert!(
+        !r.headers.contains_key("x-echo-authorization"),
+        "the credential came back in a header: {:?}",
+        r.headers
+    );
+    assert!(
+        r.body.contains(&format!("Bearer {TOKEN}")),
+        "the upstream did get the token (the body is the upstream's to send): {}",
+        r.body
+    );
+}
+
+#[tokio::test]
+async fn trace_cannot_be_listed_for_injection() {
+    let w = World::new();
+    let yaml = format!(
+        "{}endpoints:\n  - {{ name: a, host: alpha.test, methods: [GET, TRACE], provider: test-static }}\n",
+        w.base_yaml()
+    );
+    let Err(e) = try_start(&yaml, w.dir.path()).await else {
+        panic!("TRACE accepted in methods");
+    };
+    let e = e.to_string();
+    assert!(
+        e.contains("endpoints[0].methods[1]") && e.contains("TRACE"),
+        "{e}"
+    );
+}
+
+/// Path parameters and double encoding that a lenient server (Tomcat,
+/// Jetty, Spring) resolves to a dot segment are refused before anything is
+/// injected or sent.
+#[tokio::test]
+async fn lenient_dot_segments_are_refused_before_injection() {
+    let w = World::new();
+    let (up, p) = alpha(&w, &[H1]).await;
+    let auth = format!("alpha.test:{}", up.addr.port());
+    for path in [
+        "/api/..;/admin",
+        "/api/%2e%2e;/admin",
+        "/api/%252e%252e/admin",
+        "/api/.;/../admin",
+    ] {
+        let tls = intercepted(&p, &auth, "alpha.test", &[H1]).await;
+        let mut c = Client::new(tls, false).await;
+        let r = c.send(get(path, &auth)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}: {r:?}");
+        assert!(r.body.contains("dot segment"), "{path}: {}", r.body);
+    }
+    assert_eq!(up.hits(), 0, "a refused path reached the upstream");
+}

@@ -138,7 +138,9 @@ async fn token_never_reaches_logs_or_error_bodies() {
     // The grant path: a JWT-SVID from the dev Workload API exchanged at an
     // issuer, once successfully and once refused (so the failure is logged
     // with its cache key). An extra_params value stands in for a client secret.
-    const EXTRA_SECRET: &str = "extra-secret-value-99";
+    const EXTRA_SECRET: &str = "extra/secret+value=99";
+    // As an issuer echoing the request form would spell it.
+    const EXTRA_ENCODED: &str = "extra%2fsecret%2Bvalue%3D99";
     std::fs::write(&w.token_file, TOKEN).unwrap();
     let api = lanyard_supervisor::dev::DevWorkloadApi::new(
         "spiffe://secrets.test/agent",
@@ -152,7 +154,7 @@ async fn token_never_reaches_logs_or_error_bodies() {
         "fail",
         lanyard_tests::issuer::Mode::Reply(
             400,
-            format!(r#"{{"error":"invalid_client","error_description":"bad client_secret {EXTRA_SECRET}"}}"#),
+            format!(r#"{{"error":"invalid_client","error_description":"bad client_secret {EXTRA_SECRET} in client_secret={EXTRA_ENCODED}"}}"#),
         ),
     );
     let gyaml = format!(
@@ -177,8 +179,8 @@ async fn token_never_reaches_logs_or_error_bodies() {
     let r = c.send(get("/fail", &auth)).await;
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(
-        r.body.contains("[redacted]"),
-        "issuer's echo not scrubbed: {}",
+        r.body.contains("invalid_client") && !r.body.contains("bad client_secret"),
+        "the agent gets the OAuth code, never the issuer's description: {}",
         r.body
     );
     bodies.push(r.body);
@@ -201,9 +203,13 @@ async fn token_never_reaches_logs_or_error_bodies() {
         text.lines().count()
     );
     assert!(text.contains("token exchanged"), "no grant logs captured");
+    assert!(
+        text.contains("bad client_secret [redacted] in client_secret=[redacted]"),
+        "the issuer's description was not logged, scrubbed, so the checks below prove nothing"
+    );
     // The static token, an issued token, any JWT-SVID (every JWT starts "eyJ"),
     // and the extra_params value must appear nowhere.
-    for needle in [TOKEN, "tok-sec-1", "eyJ", EXTRA_SECRET] {
+    for needle in [TOKEN, "tok-sec-1", "eyJ", EXTRA_SECRET, EXTRA_ENCODED] {
         for (i, line) in text.lines().enumerate() {
             assert!(
                 !line.contains(needle),

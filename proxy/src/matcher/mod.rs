@@ -131,6 +131,12 @@ impl Rule {
                 let upper = m.to_ascii_uppercase();
                 let method = Method::from_bytes(upper.as_bytes())
                     .map_err(|_| err(&format!("methods[{i}]"), format!("'{m}' is not a method")))?;
+                if method == Method::TRACE {
+                    return Err(err(
+                        &format!("methods[{i}]"),
+                        "TRACE echoes the request back, credential included (RFC 9110 §9.3.8); it is never injected".into(),
+                    ));
+                }
                 if method == Method::CONNECT {
                     return Err(err(
                         &format!("methods[{i}]"),
@@ -184,7 +190,11 @@ impl Rule {
     }
 
     fn matches(&self, target: &Target, path: &str, method: &Method) -> bool {
-        self.port == target.port
+        // RFC 9110 §9.3.8: a server that allows TRACE echoes the request,
+        // credential included. Never inject into it, whatever `methods` says.
+        *method != Method::TRACE
+            && *method != Method::CONNECT
+            && self.port == target.port
             && self.host.matches(&target.host)
             && path_has_prefix(path, &self.path)
             && self.methods.as_ref().is_none_or(|ms| ms.contains(method))

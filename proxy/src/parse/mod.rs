@@ -139,6 +139,10 @@ fn split_host_port(raw: &str) -> Result<(&str, Option<u16>), String> {
     };
     let port = match port {
         None => None,
+        // Digits only: `u16::from_str` would also take a leading '+'.
+        Some(p) if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) => {
+            return Err(format!("invalid port in '{raw}'"));
+        }
         Some(p) => Some(
             p.parse::<u16>()
                 .ok()
@@ -158,8 +162,11 @@ pub enum PathError {
     /// A `%` not followed by two hex digits.
     #[error("malformed percent-encoding in path")]
     BadEscape,
-    /// An encoded or back slash that would create a dot segment upstream.
-    #[error("path hides a dot segment behind an encoded slash or backslash")]
+    /// A segment a lenient server would read as `.` or `..` (behind an
+    /// encoded slash or backslash, `;params`, double encoding or a NUL).
+    #[error(
+        "path hides a dot segment that a lenient server would resolve (encoded slash or backslash, ';' parameters, double encoding or NUL)"
+    )]
     HiddenDotSegment,
 }
 
@@ -167,9 +174,11 @@ pub enum PathError {
 /// unreserved characters, upper-cases the remaining escapes, collapses empty
 /// segments and removes `.` and `..` (RFC 3986 §5.2.4, never above the root).
 ///
-/// Refuses paths where treating `%2F`, `%5C` or `\` as a separator (as some
-/// servers do) would reveal a dot segment this normalisation did not see:
-/// otherwise `/api/..%2Fadmin` could match `/api` here and reach `/admin` there.
+/// Refuses any path in which a lenient server could find a dot segment this
+/// normalisation did not see: otherwise `/api/..%2Fadmin` or `/api/..;/admin`
+/// could match `/api` here and reach `/admin` there. The lenient reading
+/// (see [`lenient_dot_segments`]) is what Tomcat, Jetty, Spring, IIS and
+/// friends have been seen to do; the contract is in ARCHITECTURE.md.
 pub fn normalize_path(raw: &str) -> Result<String, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
@@ -189,14 +198,7 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
             s => out.push(s),
         }
     }
-    let paranoid_dots = decoded
-        .replace("%2F", "/")
-        .replace("%5C", "/")
-        .replace('\\', "/")
-        .split('/')
-        .filter(|s| *s == "." || *s == "..")
-        .count();
-    if paranoid_dots > visible_dots {
+    if lenient_dot_segments(&decoded) > visible_dots {
         return Err(PathError::HiddenDotSegment);
     }
 
@@ -210,6 +212,56 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
         path.push('/');
     }
     Ok(path)
+}
+
+/// How many dot segments the most lenient server reading of `path` finds.
+/// The path is read as it is and after one, two and three rounds of
+/// percent-decoding (`%252e` is `.` to a server that decodes twice); in each
+/// reading `/` and `\\` separate segments, and a segment ends at its first
+/// `;` (path parameters, as Tomcat, Jetty and Spring strip them) or NUL.
+fn lenient_dot_segments(path: &str) -> usize {
+    let mut view = path.as_bytes().to_vec();
+    let mut most = count_dots(&view);
+    for _ in 0..3 {
+        if !view.contains(&b'%') {
+            break;
+        }
+        view = percent_decode(&view);
+        most = most.max(count_dots(&view));
+    }
+    most
+}
+
+fn count_dots(view: &[u8]) -> usize {
+    view.split(|b| *b == b'/' || *b == b'\\')
+        .filter(|seg| {
+            let end = seg
+                .iter()
+                .position(|b| *b == b';' || *b == 0)
+                .unwrap_or(seg.len());
+            matches!(&seg[..end], b"." | b"..")
+        })
+        .count()
+}
+
+fn percent_decode(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                s.get(i + 1).and_then(|c| hex(*c)),
+                s.get(i + 2).and_then(|c| hex(*c)),
+            )
+        {
+            out.push((hi << 4) | lo);
+            i += 3;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 fn decode_unreserved(raw: &str) -> Result<String, PathError> {

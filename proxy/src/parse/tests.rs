@@ -37,6 +37,18 @@ fn authorities() {
     assert!(Target::parse_authority("a.test:0", None).is_err());
     assert!(Target::parse_authority("a.test:99999", None).is_err());
     assert!(Target::parse_authority("user@a.test:443", None).is_err());
+    for bad in [
+        "a.test:+443",
+        "a.test:-1",
+        "a.test: 443",
+        "a.test:",
+        "a.test:0x1bb",
+    ] {
+        assert!(
+            Target::parse_authority(bad, None).is_err(),
+            "{bad:?} accepted"
+        );
+    }
 }
 
 #[test]
@@ -127,5 +139,40 @@ fn normalisation_invariants_hold_for_random_paths() {
             norm == "/api" || norm.starts_with("/api/"),
             "{raw:?} -> {norm:?}"
         );
+    }
+}
+
+#[test]
+fn segments_a_lenient_server_reads_as_dots_are_refused() {
+    for raw in [
+        "/api/..;/admin",
+        "/api/..;jsessionid=x/admin",
+        "/api/%2e%2e;/admin",
+        "/api/.%2e;x/admin",
+        "/api/..%3B/admin",
+        "/api/%252e%252e/admin",
+        "/api/%25252e%25252e/admin",
+        "/api/..%00/admin",
+        "/api/.;/x",
+        "/api/..%2Fadmin",
+        "/api/..%5Cadmin",
+        "/api/..\\admin",
+        "/api/%252e%252e%252fadmin",
+    ] {
+        assert_eq!(
+            normalize_path(raw),
+            Err(PathError::HiddenDotSegment),
+            "{raw:?} was accepted"
+        );
+    }
+    // Parameters and escapes that hide nothing stay allowed.
+    for (raw, want) in [
+        ("/api/a;b/c", "/api/a;b/c"),
+        ("/api/x;v=1", "/api/x;v=1"),
+        ("/api/...;/x", "/api/...;/x"),
+        ("/api/%252Fx", "/api/%252Fx"),
+        ("/api/./x/../y", "/api/y"),
+    ] {
+        assert_eq!(normalize_path(raw).as_deref(), Ok(want), "{raw:?}");
     }
 }

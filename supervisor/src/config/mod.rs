@@ -472,6 +472,20 @@ impl Config {
         self.token_cache
             .check()
             .map_err(|(f, r)| ConfigFileError::new(path, f, r))?;
+        if self.spiffe.fetch_timeout.is_zero() {
+            return Err(ConfigFileError::new(
+                path,
+                "spiffe.fetch_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if self.agent.kill_after.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigFileError::new(
+                path,
+                "agent.kill_after",
+                "must be greater than zero",
+            ));
+        }
         for (i, e) in self.endpoints.iter().enumerate() {
             let grant = self
                 .providers

@@ -64,6 +64,29 @@ fn errors_name_file_field_and_reason() {
     let e = err(&format!("{GOOD}limits: {{ idle_timeout: 5 parsecs }}\n"));
     assert_eq!(e.field, "limits.idle_timeout");
 
+    // Durations that would overflow deadline arithmetic are refused at load.
+    for huge in [
+        "18446744073709551615",
+        "18446744073709551615s",
+        "300000000h",
+        "367d",
+        "9999999999m",
+    ] {
+        let e = err(&format!("{GOOD}limits: {{ idle_timeout: {huge} }}\n"));
+        assert_eq!(e.field, "limits.idle_timeout", "{huge}: {e}");
+    }
+    for (yaml, field) in [
+        ("spiffe: { fetch_timeout: 0s }\n", "spiffe.fetch_timeout"),
+        ("agent: { kill_after: 0 }\n", "agent.kill_after"),
+        (
+            "limits: { connect_timeout: 0ms }\n",
+            "limits.connect_timeout",
+        ),
+    ] {
+        let e = err(&format!("{GOOD}{yaml}"));
+        assert_eq!(e.field, field, "{e}");
+    }
+
     let e = err("listen: [");
     assert!(e.reason.contains("line"), "{e}");
     assert_eq!(e.to_string(), format!("{FILE}: {}: {}", e.field, e.reason));
@@ -143,6 +166,20 @@ fn token_grant_errors_name_their_field() {
             "spiffe: { endpoint_socket: /tmp/x.sock }\n",
             "spiffe.endpoint_socket",
             "unix://",
+        ),
+        (
+            "grant: token_exchange, token_endpoint: https://i/t, timeout: 0s",
+            "",
+            sock,
+            "providers.g.token_grant.timeout",
+            "greater than zero",
+        ),
+        (
+            "grant: token_exchange, token_endpoint: https://i/t, max_response_bytes: 0",
+            "",
+            sock,
+            "providers.g.token_grant.max_response_bytes",
+            "greater than zero",
         ),
         (
             "grant: token_exchange, token_endpoint: https://i/t",

@@ -250,12 +250,13 @@ pub(crate) fn parse(status: StatusCode, body: &[u8], secrets: &[&str]) -> Result
     if !status.is_success() {
         return Err(match serde_json::from_slice::<ErrorResponse>(body) {
             Ok(e) => {
-                let mut msg = format!("answered {status}: {}", sanitize(&e.error, 64, secrets));
+                // The agent gets the OAuth error code; the operator's log also
+                // gets the description (sanitised: issuers echo request forms).
+                let code = sanitize(&e.error, 64, secrets);
                 if let Some(d) = e.error_description.filter(|d| !d.is_empty()) {
-                    msg.push_str(": ");
-                    msg.push_str(&sanitize(&d, 200, secrets));
+                    tracing::warn!(status = status.as_u16(), error = %code, description = %sanitize(&d, 200, secrets), "token endpoint refused the exchange");
                 }
-                msg
+                format!("answered {status}: {code}")
             }
             Err(_) => format!(
                 "answered {status} without an OAuth error body ({} bytes)",
@@ -266,8 +267,21 @@ pub(crate) fn parse(status: StatusCode, body: &[u8], secrets: &[&str]) -> Result
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(format!("answered {status} with an empty body"));
     }
-    let r: TokenResponse = serde_json::from_slice(body)
-        .map_err(|e| format!("answered {status} with a body that is not a token response ({e})"))?;
+    // Never the parser's message: for a wrong type it quotes the value, and
+    // the value may be a bare token.
+    let r: TokenResponse = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "answered {status} with a body that is not a token response ({} at line {}, column {})",
+            match e.classify() {
+                serde_json::error::Category::Io => "read error",
+                serde_json::error::Category::Syntax => "invalid JSON",
+                serde_json::error::Category::Data => "wrong shape",
+                serde_json::error::Category::Eof => "truncated JSON",
+            },
+            e.line(),
+            e.column()
+        )
+    })?;
     let token = r
         .access_token
         .filter(|t| !t.is_empty())
@@ -315,11 +329,16 @@ pub fn is_token68(t: &str) -> bool {
         })
 }
 
-/// Printable ASCII only, capped, with any known secret removed.
+/// Printable ASCII only, capped, with any known secret removed, as written
+/// and in the encodings an issuer echoing the request form would use
+/// (form encoding with upper- or lower-case hex, `%20` for space, every byte
+/// percent-encoded).
 pub fn sanitize(s: &str, cap: usize, secrets: &[&str]) -> String {
     let mut s = s.to_owned();
     for secret in secrets.iter().filter(|x| x.len() >= 8) {
-        s = s.replace(secret, "[redacted]");
+        for form in encodings(secret) {
+            s = replace_ignore_ascii_case(&s, &form, "[redacted]");
+        }
     }
     let mut out: String = s
         .chars()
@@ -329,6 +348,39 @@ pub fn sanitize(s: &str, cap: usize, secrets: &[&str]) -> String {
     if s.chars().count() > cap {
         out.push_str("...");
     }
+    out
+}
+
+/// A secret as written and as an echoed form would spell it.
+fn encodings(secret: &str) -> Vec<String> {
+    let form: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let every: String = secret.bytes().map(|b| format!("%{b:02X}")).collect();
+    let mut out = vec![secret.to_owned(), form.replace('+', "%20"), every, form];
+    out.dedup();
+    out
+}
+
+/// Replaces `needle` in `hay` ignoring ASCII case, so that `%2f` and `%2F`
+/// escapes both match (over-redacting a case variant is harmless).
+fn replace_ignore_ascii_case(hay: &str, needle: &str, with: &str) -> String {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return hay.to_owned();
+    }
+    let (h, n) = (hay.as_bytes(), needle.as_bytes());
+    let mut out = String::with_capacity(hay.len());
+    let mut i = 0;
+    let mut copied = 0;
+    while i + n.len() <= h.len() {
+        if h[i..i + n.len()].eq_ignore_ascii_case(n) {
+            out.push_str(&hay[copied..i]);
+            out.push_str(with);
+            i += n.len();
+            copied = i;
+        } else {
+            i += 1;
+        }
+    }
+    out.push_str(&hay[copied..]);
     out
 }
 

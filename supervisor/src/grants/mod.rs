@@ -169,6 +169,16 @@ impl GrantSource {
                 ));
             }
         }
+        for (name, zero) in [
+            ("timeout", cfg.timeout.is_zero()),
+            ("connect_timeout", cfg.connect_timeout.is_zero()),
+            ("default_lifetime", cfg.default_lifetime.is_zero()),
+            ("max_response_bytes", cfg.max_response_bytes == 0),
+        ] {
+            if zero {
+                return Err((field(name), "must be greater than zero".into()));
+            }
+        }
         let mut extra_params = BTreeMap::new();
         for (k, v) in &cfg.extra_params {
             let value = v

@@ -57,13 +57,51 @@ fn oauth_errors_are_sanitised_capped_and_scrubbed() {
             r#"{{"error":"invalid_grant","error_description":"bad assertion the-svid-assertion\u0000\n{long}"}}"#
         ),
     );
-    assert!(
-        e.starts_with("answered 400 Bad Request: invalid_grant: bad assertion [redacted]??"),
-        "{e}"
+    // The agent gets the OAuth code only; the description goes to the log.
+    assert_eq!(e, "answered 400 Bad Request: invalid_grant");
+    let d = sanitize(
+        &format!("bad assertion the-svid-assertion\u{0}\n{long}"),
+        200,
+        &["the-svid-assertion"],
     );
-    assert!(e.len() < 300, "not capped: {} chars", e.len());
-    assert!(!e.contains("the-svid-assertion"));
+    assert!(d.starts_with("bad assertion [redacted]??"), "{d}");
+    assert!(d.len() < 210, "not capped: {} chars", d.len());
     assert_eq!(sanitize("é\u{7f}ok", 10, &[]), "??ok");
+}
+
+#[test]
+fn issuer_bodies_never_reach_the_agent_through_parser_messages() {
+    // A bare JSON string where an object belongs: serde's message would quote it.
+    for body in [
+        r#""at_live_0123456789abcdef""#,
+        r#"["at_live_0123456789abcdef"]"#,
+        r#"{"access_token": 12, "at_live_0123456789abcdef": 1}"#,
+        r#"{"access_token": ["at_live_0123456789abcdef"]}"#,
+        r#"{"access_token": "at_live_0123456789abcdef", "token_type": 5}"#,
+        "at_live_0123456789abcdef",
+    ] {
+        let e = err(200, body);
+        assert!(!e.contains("at_live"), "{body}: {e}");
+        assert!(e.contains("not a token response"), "{body}: {e}");
+    }
+    // An error body that is not an OAuth error says nothing of its content.
+    let e = err(400, r#"{"message":"at_live_0123456789abcdef"}"#);
+    assert!(!e.contains("at_live"), "{e}");
+}
+
+#[test]
+fn echoed_secrets_are_redacted_in_every_encoding() {
+    let secret = "s3cr3t/with+plus and=eq";
+    for echoed in [
+        "s3cr3t/with+plus and=eq",
+        "s3cr3t%2Fwith%2Bplus+and%3Deq",
+        "s3cr3t%2fwith%2bplus+and%3deq",
+        "s3cr3t%2Fwith%2Bplus%20and%3Deq",
+        "%73%33%63%72%33%74%2F%77%69%74%68%2B%70%6C%75%73%20%61%6E%64%3D%65%71",
+    ] {
+        let out = sanitize(&format!("client_secret={echoed}&x=1"), 500, &[secret]);
+        assert_eq!(out, "client_secret=[redacted]&x=1", "{echoed}");
+    }
 }
 
 #[test]
