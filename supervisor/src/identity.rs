@@ -36,6 +36,8 @@ pub struct WorkloadApi {
     endpoint: spiffe::transport::Endpoint,
     /// For messages.
     display: String,
+    /// `spiffe.id`: the identity requested, and required of every SVID.
+    id: Option<spiffe::SpiffeId>,
     timeout: Duration,
     reconnect: Policy,
     client: Mutex<Conn>,
@@ -62,6 +64,7 @@ impl WorkloadApi {
     /// backoff allows.
     pub fn new(
         endpoint: spiffe::transport::Endpoint,
+        id: Option<spiffe::SpiffeId>,
         timeout: Duration,
         reconnect: Policy,
     ) -> Self {
@@ -72,6 +75,7 @@ impl WorkloadApi {
         Self {
             endpoint,
             display,
+            id,
             timeout,
             reconnect,
             client: Mutex::new(Conn {
@@ -140,9 +144,19 @@ impl SvidFetcher for WorkloadApi {
         Box::pin(async move {
             let client = self.client().await?;
             self.fetches.fetch_add(1, Ordering::Relaxed);
-            let call = client.fetch_jwt_svid([audience.as_str()], None);
+            let call = client.fetch_jwt_svid([audience.as_str()], self.id.as_ref());
             let svid = match tokio::time::timeout(self.timeout, call).await {
                 Ok(Ok(s)) => s,
+                Ok(Err(e)) if is_permission_denied(&e) => {
+                    // An answer, not a transport failure: the channel is fine.
+                    return Err(format!(
+                        "Workload API FetchJWTSVID(audience={audience}): PermissionDenied: this process was not attested to {} (no registration entry matches Lanyard's selectors, e.g. unix:uid:{})",
+                        self.id
+                            .as_ref()
+                            .map_or_else(|| "any identity".to_owned(), ToString::to_string),
+                        nix::unistd::Uid::effective()
+                    ));
+                }
                 Ok(Err(e)) => {
                     // Any transport-level failure may mean the agent restarted:
                     // reconnect next time rather than reuse a dead channel.
@@ -158,6 +172,14 @@ impl SvidFetcher for WorkloadApi {
                     ));
                 }
             };
+            if let Some(want) = &self.id
+                && svid.spiffe_id() != want
+            {
+                return Err(format!(
+                    "Workload API returned a JWT-SVID for {}, not the configured spiffe.id {want}",
+                    svid.spiffe_id()
+                ));
+            }
             let exp = svid.expiry().unix_timestamp();
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -177,6 +199,20 @@ impl SvidFetcher for WorkloadApi {
             ))
         })
     }
+}
+
+/// SPIFFE's answer for "this caller has no identity" (gRPC PermissionDenied,
+/// which the `spiffe` crate reports as `NoIdentityIssued` or `PermissionDenied`).
+fn is_permission_denied(e: &spiffe::WorkloadApiError) -> bool {
+    use spiffe::transport::{GrpcStatusCode, TransportError};
+    matches!(
+        e,
+        spiffe::WorkloadApiError::NoIdentityIssued | spiffe::WorkloadApiError::PermissionDenied(_)
+    ) || matches!(
+        e,
+        spiffe::WorkloadApiError::Transport(TransportError::Status(s))
+            if s.code() == GrpcStatusCode::PermissionDenied
+    )
 }
 
 /// JWT-SVIDs by audience.

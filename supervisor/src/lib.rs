@@ -80,8 +80,16 @@ pub fn start_providers(v: &Validated, file: &Path) -> Result<Providers, ConfigFi
                                 format!("provider '{name}' needs the Workload API: set spiffe.endpoint_socket or SPIFFE_ENDPOINT_SOCKET"),
                             )
                         })?;
+                    let id = v
+                        .spiffe
+                        .id
+                        .as_deref()
+                        .map(spiffe::SpiffeId::new)
+                        .transpose()
+                        .map_err(|e| err("spiffe.id".into(), e.to_string()))?;
                     let wl = Arc::new(identity::WorkloadApi::new(
                         socket,
+                        id,
                         v.spiffe.fetch_timeout,
                         v.token_cache.policy(),
                     ));

@@ -601,3 +601,43 @@ async fn a_misbehaving_issuer_gets_clear_errors_and_poisons_nothing() {
         "a request without its credential reached the upstream"
     );
 }
+
+/// `spiffe.id` selects the identity: the matching ID is requested and
+/// served; another one is refused by the Workload API (PermissionDenied) and
+/// reported as the attestation failure it is, naming the ID.
+#[tokio::test]
+async fn spiffe_id_is_requested_and_a_refusal_says_attestation() {
+    let env = Env::new(Duration::from_secs(300)).await;
+    let up = env.w.upstream("alpha", &["alpha.test"], &[H1]).await;
+    let with_id = |id: &str| {
+        env.one_tx(up.addr.port(), "").replace(
+            "spiffe: { endpoint_socket:",
+            &format!("spiffe: {{ id: \"{id}\", endpoint_socket:"),
+        )
+    };
+    let p = start(&with_id(SPIFFE_ID), env.w.dir.path()).await;
+    assert!(bearer(&fetch(&p, &up, "alpha.test", "/").await).starts_with("tok-alpha-"));
+    p.shutdown().await;
+
+    let other = "spiffe://lanyard.test/sandbox/someone-else";
+    let p = start(&with_id(other), env.w.dir.path()).await;
+    let r = fetch(&p, &up, "alpha.test", "/").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert!(
+        r.body.contains("PermissionDenied")
+            && r.body.contains("not attested")
+            && r.body.contains(other),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        up.hits(),
+        1,
+        "a request without a credential reached the upstream"
+    );
+
+    let Err(e) = try_start(&with_id("not-a-spiffe-id"), env.w.dir.path()).await else {
+        panic!("a malformed spiffe.id was accepted");
+    };
+    assert!(e.to_string().contains("spiffe.id"), "{e}");
+}

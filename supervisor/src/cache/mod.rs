@@ -3,21 +3,25 @@
 //!
 //! - **per-entry expiry**: an entry lives for the credential's own lifetime
 //!   minus a skew (capped), enforced by moka *and* re-checked on every read, so
-//!   an expired credential is never returned;
-//! - **single flight**: concurrent misses for one key share one fetch
-//!   (`try_get_with`);
+//!   an expired credential is never returned; the re-check uses the wall
+//!   clock too, because the monotonic clock stands still across suspend and
+//!   VM snapshot restore while a token's `exp` does not;
+//! - **single flight**: concurrent misses for one key share one fetch, which
+//!   runs as a task of its own: a caller that gives up (a cancelled request)
+//!   neither aborts it nor lets the next caller start a second one, and its
+//!   failure is recorded for backoff all the same;
 //! - **refresh ahead**: a hit past `refresh_ahead` of the lifetime starts one
 //!   background fetch and returns the still-valid value at once;
 //! - **backoff**: a failed fetch records an exponential, jittered retry time
 //!   per key; until then misses fail fast with the last error, so an outage
 //!   costs one attempt per step, not one per request.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 #[cfg(test)]
 mod tests;
@@ -64,7 +68,19 @@ pub struct Fresh<V> {
     pub refresh_at: Instant,
     /// After this, it is never returned.
     pub expires: Instant,
+    /// The same point on the wall clock, checked as well.
+    pub expires_wall: SystemTime,
 }
+
+impl<V> Fresh<V> {
+    /// Still usable by both clocks.
+    pub fn is_valid(&self, now: Instant) -> bool {
+        self.expires > now && SystemTime::now() < self.expires_wall
+    }
+}
+
+/// What waiters on an in-flight fetch receive.
+type Outcome<V> = Option<Result<Arc<Fresh<V>>, String>>;
 
 /// Why no value could be returned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,7 +109,7 @@ struct Failure {
 pub struct Refreshing<K, V> {
     entries: moka::future::Cache<K, Arc<Fresh<V>>>,
     failures: moka::sync::Cache<K, Arc<Failure>>,
-    refreshing: Mutex<HashSet<K>>,
+    inflight: Mutex<HashMap<K, tokio::sync::watch::Receiver<Outcome<V>>>>,
     policy: Policy,
     what: &'static str,
 }
@@ -150,7 +166,7 @@ where
         Arc::new(Self {
             entries,
             failures,
-            refreshing: Mutex::new(HashSet::new()),
+            inflight: Mutex::new(HashMap::new()),
             policy,
             what,
         })
@@ -174,13 +190,13 @@ where
         for _ in 0..2 {
             let now = Instant::now();
             if let Some(hit) = self.entries.get(key).await {
-                if hit.expires > now {
+                if hit.is_valid(now) {
                     if now >= hit.refresh_at {
                         self.refresh_in_background(key, fetch.clone());
                     }
                     return Ok(hit);
                 }
-                // moka's clock and ours can disagree by microseconds: drop it and miss.
+                // Expired by one of the clocks: drop it and miss.
                 self.entries.invalidate(key).await;
             }
             if let Some(f) = self.failures.get(key)
@@ -191,22 +207,63 @@ where
                     retry_in: f.retry_at - now,
                 });
             }
-            let this = self.clone();
-            let k = key.clone();
-            let f = fetch.clone();
-            let got = self
-                .entries
-                .try_get_with(key.clone(), async move { this.attempt(&k, f).await })
+            let mut rx = self.join_or_start(key, fetch.clone());
+            let outcome = rx
+                .wait_for(Option::is_some)
                 .await
-                .map_err(|e: Arc<String>| CacheError::Failed((*e).clone()))?;
-            if got.expires > Instant::now() {
-                return Ok(got);
+                .map(|o| o.clone())
+                .map_err(|_| {
+                    CacheError::Failed(format!("{} fetch ended without a result", self.what))
+                })?;
+            match outcome {
+                Some(Ok(got)) if got.is_valid(Instant::now()) => return Ok(got),
+                Some(Ok(_)) | None => {}
+                Some(Err(e)) => return Err(CacheError::Failed(e)),
             }
         }
         Err(CacheError::Failed(format!(
             "{} expired as soon as it was fetched",
             self.what
         )))
+    }
+
+    /// The fetch in flight for `key`, or a new one, spawned so that it runs
+    /// to completion (and records its failure) whoever stops waiting for it.
+    fn join_or_start<F, Fut>(
+        self: &Arc<Self>,
+        key: &K,
+        fetch: F,
+    ) -> tokio::sync::watch::Receiver<Outcome<V>>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = FetchResult<V>> + Send + 'static,
+    {
+        let mut inflight = match self.inflight.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(rx) = inflight.get(key) {
+            return rx.clone();
+        }
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        inflight.insert(key.clone(), rx.clone());
+        drop(inflight);
+        let this = self.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            let result = this.attempt(&key, fetch).await;
+            if let Ok(fresh) = &result {
+                this.entries.insert(key.clone(), fresh.clone()).await;
+            }
+            // Entry first, then leave the in-flight map: a caller arriving in
+            // between finds one or the other, never neither.
+            match this.inflight.lock() {
+                Ok(mut g) => g.remove(&key),
+                Err(poisoned) => poisoned.into_inner().remove(&key),
+            };
+            let _ = tx.send(Some(result));
+        });
+        rx
     }
 
     /// Removes `key` (used when a credential is known to be revoked).
@@ -253,6 +310,7 @@ where
             fetched: now,
             refresh_at: now + usable.mul_f64(p.refresh_ahead.clamp(0.0, 1.0)),
             expires: now + usable,
+            expires_wall: SystemTime::now() + usable,
         }
     }
 
@@ -268,25 +326,9 @@ where
         {
             return;
         }
-        match self.refreshing.lock() {
-            Ok(mut set) => {
-                if !set.insert(key.clone()) {
-                    return;
-                }
-            }
-            Err(_) => return,
-        }
-        let this = self.clone();
-        let key = key.clone();
-        tokio::spawn(async move {
-            if let Ok(fresh) = this.attempt(&key, fetch).await {
-                tracing::debug!(what = this.what, key = ?key, "refreshed ahead of expiry");
-                this.entries.insert(key.clone(), fresh).await;
-            }
-            if let Ok(mut set) = this.refreshing.lock() {
-                set.remove(&key);
-            }
-        });
+        // Nobody waits: the task inserts the new value when it lands.
+        drop(self.join_or_start(key, fetch));
+        tracing::debug!(what = self.what, key = ?key, "refreshing ahead of expiry");
     }
 }
 

@@ -152,6 +152,11 @@ pub struct SpiffeConfig {
     /// `unix:///path/to/agent.sock`; defaults to `SPIFFE_ENDPOINT_SOCKET`.
     #[serde(default)]
     pub endpoint_socket: Option<String>,
+    /// The SPIFFE ID Lanyard must hold (`spiffe://trust-domain/path`): requested
+    /// from the Workload API, and every SVID is checked against it. Unset: the
+    /// Workload API's default identity for this process.
+    #[serde(default)]
+    pub id: Option<String>,
     /// Bound on one Workload API call (and on connecting).
     #[serde(default = "ten_seconds", deserialize_with = "duration")]
     pub fetch_timeout: Duration,
@@ -161,6 +166,7 @@ impl Default for SpiffeConfig {
     fn default() -> Self {
         Self {
             endpoint_socket: None,
+            id: None,
             fetch_timeout: ten_seconds(),
         }
     }
@@ -472,6 +478,15 @@ impl Config {
         self.token_cache
             .check()
             .map_err(|(f, r)| ConfigFileError::new(path, f, r))?;
+        if let Some(id) = &self.spiffe.id
+            && let Err(e) = spiffe::SpiffeId::new(id.as_str())
+        {
+            return Err(ConfigFileError::new(
+                path,
+                "spiffe.id",
+                format!("'{id}': {e}"),
+            ));
+        }
         if self.spiffe.fetch_timeout.is_zero() {
             return Err(ConfigFileError::new(
                 path,

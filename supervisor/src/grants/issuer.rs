@@ -301,9 +301,16 @@ pub(crate) fn parse(status: StatusCode, body: &[u8], secrets: &[&str]) -> Result
     }
     let expires_in = match r.expires_in {
         None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::Number(n)) => {
-            Some(n.as_u64().ok_or("expires_in is not a positive integer")?)
-        }
+        // Some issuers write 3600.0; a fraction of a second is dropped.
+        Some(serde_json::Value::Number(n)) => Some(match n.as_u64() {
+            Some(u) => u,
+            None => n
+                .as_f64()
+                .filter(|f| *f >= 0.0)
+                .and_then(|f| Duration::try_from_secs_f64(f).ok())
+                .ok_or("expires_in is not a positive number")?
+                .as_secs(),
+        }),
         Some(serde_json::Value::String(s)) => Some(
             s.trim()
                 .parse::<u64>()
@@ -318,6 +325,20 @@ pub(crate) fn parse(status: StatusCode, body: &[u8], secrets: &[&str]) -> Result
         access_token: token,
         expires_in: expires_in.map(Duration::from_secs),
     })
+}
+
+/// How long an issued token is used: the earlier of the issuer's
+/// `expires_in` and the token's own `exp` (an issuer may round up, or its
+/// token may say less than it does), else the configured default.
+pub fn lifetime(
+    expires_in: Option<Duration>,
+    exp: Option<Duration>,
+    default: Duration,
+) -> Duration {
+    match (expires_in, exp) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b).unwrap_or(default),
+    }
 }
 
 /// RFC 6750 §2.1 b64token: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.

@@ -101,7 +101,14 @@ pub struct GrantSource {
     limits: IssuerLimits,
     default_lifetime: Duration,
     cache: Arc<TokenCache>,
+    /// Exchanges in flight at this provider's issuer, at most [`MAX_EXCHANGES`].
+    exchanges: Arc<tokio::sync::Semaphore>,
 }
+
+/// Concurrent exchanges one provider runs against its token endpoint: one per
+/// distinct key is already the most single flight allows; this caps the sum
+/// when many endpoints miss at once (start-up, an issuer coming back).
+pub const MAX_EXCHANGES: usize = 4;
 
 impl std::fmt::Debug for GrantSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -255,6 +262,7 @@ impl GrantSource {
             },
             default_lifetime: cfg.default_lifetime,
             cache: shared.cache.clone(),
+            exchanges: Arc::new(tokio::sync::Semaphore::new(MAX_EXCHANGES)),
         })
     }
 
@@ -271,6 +279,7 @@ impl GrantSource {
         let issuer = self.issuer.clone();
         let limits = self.limits.clone();
         let default_lifetime = self.default_lifetime;
+        let exchanges = self.exchanges.clone();
         let (grant, params) = (self.grant, key.params.clone());
         let endpoint = self
             .endpoint
@@ -279,9 +288,19 @@ impl GrantSource {
         let fresh = self
             .cache
             .get(key, move || {
-                let (identity, issuer, limits, params, endpoint) =
-                    (identity.clone(), issuer.clone(), limits.clone(), params.clone(), endpoint.clone());
+                let (identity, issuer, limits, params, endpoint, exchanges) = (
+                    identity.clone(),
+                    issuer.clone(),
+                    limits.clone(),
+                    params.clone(),
+                    endpoint.clone(),
+                    exchanges.clone(),
+                );
                 async move {
+                    let _slot = exchanges
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| "provider shut down".to_owned())?;
                     let svid = identity
                         .svid(&params.svid_audience)
                         .await
@@ -291,10 +310,11 @@ impl GrantSource {
                     let mut scrub: Vec<&str> = vec![svid.value.token.expose()];
                     scrub.extend(params.extra_params.values().map(String::as_str));
                     let issued = issuer.exchange(&endpoint, &body, &limits, &scrub).await?;
-                    let lifetime = issued
-                        .expires_in
-                        .or_else(|| issuer::jwt_remaining(issued.access_token.expose()))
-                        .unwrap_or(default_lifetime);
+                    let lifetime = issuer::lifetime(
+                        issued.expires_in,
+                        issuer::jwt_remaining(issued.access_token.expose()),
+                        default_lifetime,
+                    );
                     if lifetime.is_zero() {
                         return Err("issuer returned an already expired token".to_owned());
                     }
@@ -304,7 +324,7 @@ impl GrantSource {
             })
             .await
             .map_err(|e| e.to_string())?;
-        debug_assert!(fresh.expires > Instant::now());
+        debug_assert!(fresh.is_valid(Instant::now()));
         Ok(fresh.value.clone())
     }
 }

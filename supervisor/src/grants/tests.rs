@@ -43,7 +43,7 @@ fn token_responses_are_checked() {
     assert!(!e.contains("X-Evil"), "{e}");
     assert!(err(200, r#"{"access_token":"t","token_type":"DPoP"}"#).contains("not Bearer"));
     assert!(err(200, r#"{"access_token":"t","expires_in":0}"#).contains("already expired"));
-    assert!(err(200, r#"{"access_token":"t","expires_in":-5}"#).contains("positive integer"));
+    assert!(err(200, r#"{"access_token":"t","expires_in":-5}"#).contains("positive"));
     assert!(err(302, "").contains("redirects are not followed"));
     assert!(err(503, "<html>busy</html>").contains("without an OAuth error body"));
 }
@@ -217,4 +217,42 @@ fn params_debug_hides_extra_param_values() {
     let shown = format!("{p:?}");
     assert!(shown.contains("client_secret"), "{shown}");
     assert!(!shown.contains("s3cr3t-value-42"), "{shown}");
+}
+
+#[test]
+fn expiry_is_the_earlier_of_expires_in_and_exp() {
+    use super::issuer::lifetime;
+    let (m, h, d) = (
+        Duration::from_secs(60),
+        Duration::from_secs(3600),
+        Duration::from_secs(300),
+    );
+    assert_eq!(lifetime(Some(h), Some(m), d), m);
+    assert_eq!(lifetime(Some(m), Some(h), d), m);
+    assert_eq!(lifetime(None, Some(m), d), m);
+    assert_eq!(lifetime(Some(h), None, d), h);
+    assert_eq!(lifetime(None, None, d), d);
+    // A float expires_in is a number of seconds too.
+    let ok = parse(
+        StatusCode::OK,
+        br#"{"access_token":"t","expires_in":3600.0}"#,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(ok.expires_in, Some(h));
+    let ok = parse(
+        StatusCode::OK,
+        br#"{"access_token":"t","expires_in":59.9}"#,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(ok.expires_in, Some(Duration::from_secs(59)));
+    assert!(
+        parse(
+            StatusCode::OK,
+            br#"{"access_token":"t","expires_in":1e400}"#,
+            &[]
+        )
+        .is_err()
+    );
 }
