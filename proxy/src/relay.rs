@@ -88,6 +88,23 @@ pub(crate) async fn dial(
     } else {
         addrs
     };
+    // A deny on an address or block holds for whatever name resolved there.
+    let mut denied = None;
+    let addrs: Vec<IpAddr> = addrs
+        .into_iter()
+        .filter(|ip| match shared.settings.egress.denies_address(SocketAddr::new(*ip, target.port)) {
+            Some(rule) => {
+                denied.get_or_insert(rule);
+                false
+            }
+            None => true,
+        })
+        .collect();
+    if let (true, Some(rule)) = (addrs.is_empty(), denied) {
+        return Err(ProxyError::Denied(format!(
+            "{dest} resolves to an address denied by {rule}"
+        )));
+    }
     if let Purpose::CleartextEndpoint(why) = purpose
         && let Some(ip) = addrs.iter().find(|ip| !ip.is_loopback())
     {

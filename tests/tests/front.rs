@@ -342,3 +342,38 @@ async fn upgrades_keep_their_connection_slot() {
         .expect("queued client never served after the websocket closed");
     assert_eq!(r.status, 200);
 }
+
+/// A deny rule on an address holds however the address is spelled (decimal,
+/// hex, short forms, octal: what the system resolver accepts) and whatever
+/// name resolves to it; a CIDR block works the same. Nothing is dialled.
+#[tokio::test]
+async fn egress_deny_holds_for_every_spelling_and_every_name() {
+    let w = World::new();
+    let target = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let port = target.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while target.accept().await.is_ok() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    for deny in ["127.0.0.2:*", "127.0.0.0/30:*"] {
+        let yaml = format!(
+            "{}resolve: {{ sneaky.test: 127.0.0.2 }}\negress: {{ default: allow, allow_private_addresses: true, deny: [\"{deny}\"] }}\n",
+            w.base_yaml()
+        );
+        let p = start(&yaml, w.dir.path()).await;
+        for spelling in ["127.0.0.2", "2130706434", "0x7f000002", "127.2", "0177.0.0.2", "127.0.2", "sneaky.test"] {
+            let (_, r) = connect(p.addr, &format!("{spelling}:{port}")).await;
+            assert_eq!(r.status, 403, "{deny} / {spelling}: {r:?}");
+            assert!(r.body.contains("egress.deny[0]"), "{deny} / {spelling}: {}", r.body);
+        }
+        p.shutdown().await;
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a denied address was dialled"
+    );
+}

@@ -41,6 +41,13 @@ impl Host {
             return Ok(Host::Ip(ip));
         }
         let trimmed = raw.strip_suffix('.').unwrap_or(raw);
+        // `16843009`, `0x01010101`, `1.1.257`, `0177.0.0.1`: the system
+        // resolver takes all of these as 1.1.1.1 (inet_aton), so rules must too.
+        if ends_in_a_number(trimmed) {
+            return whatwg_ipv4(trimmed)
+                .map(|ip| Host::Ip(IpAddr::V4(ip)))
+                .ok_or_else(|| format!("'{raw}' looks like an IPv4 address but is not a valid one"));
+        }
         let ascii = idna::domain_to_ascii(trimmed)
             .map_err(|_| format!("'{raw}' is not a valid host name"))?;
         if ascii.is_empty()
@@ -65,6 +72,54 @@ impl Host {
             Host::Ip(ip) => ip.to_string(),
         }
     }
+}
+
+/// WHATWG URL "ends in a number": the last label is all digits, or `0x`
+/// followed by hex digits. Such a host is an IPv4 address or invalid.
+fn ends_in_a_number(host: &str) -> bool {
+    let last = host.rsplit('.').next().unwrap_or("");
+    if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) {
+        return true;
+    }
+    last.strip_prefix("0x")
+        .or_else(|| last.strip_prefix("0X"))
+        .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The WHATWG IPv4 parser (what browsers and `inet_aton` accept): one to
+/// four parts, each decimal, `0x` hex or `0` octal; every part but the last
+/// is one byte, the last fills the remaining bytes.
+fn whatwg_ipv4(host: &str) -> Option<std::net::Ipv4Addr> {
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let mut nums = Vec::with_capacity(parts.len());
+    for p in &parts {
+        let (digits, radix) = if let Some(h) = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X")) {
+            (h, 16)
+        } else if p.len() > 1 && p.starts_with('0') {
+            (&p[1..], 8)
+        } else {
+            (*p, 10)
+        };
+        // An empty part (`1..1`, a bare `0x`, which a browser reads as 0) is
+        // refused: stricter than the resolver is the safe side.
+        nums.push(u64::from_str_radix(digits, radix).ok()?);
+    }
+    let (last, init) = nums.split_last()?;
+    if init.iter().any(|n| *n > 255) {
+        return None;
+    }
+    let rest_bits = 8 * (4 - u32::try_from(init.len()).ok()?);
+    if *last >= 1u64 << rest_bits {
+        return None;
+    }
+    let mut v: u64 = *last;
+    for (i, n) in init.iter().enumerate() {
+        v |= n << (8 * (3 - i));
+    }
+    u32::try_from(v).ok().map(std::net::Ipv4Addr::from)
 }
 
 fn is_label_byte(b: u8) -> bool {

@@ -176,3 +176,30 @@ fn segments_a_lenient_server_reads_as_dots_are_refused() {
         assert_eq!(normalize_path(raw).as_deref(), Ok(want), "{raw:?}");
     }
 }
+
+#[test]
+fn numeric_hosts_are_the_addresses_a_resolver_would_make_of_them() {
+    for (raw, want) in [
+        ("16843009", "1.1.1.1"),
+        ("0x01010101", "1.1.1.1"),
+        ("0X1010101", "1.1.1.1"),
+        ("1.1.257", "1.1.1.1"),
+        ("1.65793", "1.1.1.1"),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("127.1", "127.0.0.1"),
+        ("0x7f.1", "127.0.0.1"),
+        ("2130706433.", "127.0.0.1"),
+        ("0", "0.0.0.0"),
+    ] {
+        assert_eq!(
+            Host::parse(raw).unwrap(),
+            Host::Ip(want.parse().unwrap()),
+            "{raw}"
+        );
+    }
+    for bad in ["4294967296", "1.1.1.256", "256.1.1.1", "1.2.3.4.5", "0x", "09", "1..1", "example.123"] {
+        assert!(Host::parse(bad).is_err(), "{bad:?} accepted");
+    }
+    // Names that merely contain digits stay names.
+    assert_eq!(Host::parse("123.example").unwrap(), Host::Name("123.example".into()));
+}
