@@ -6,6 +6,8 @@
 //! - `content-type: application/grpc`: echoes the request body back as a
 //!   gRPC response with `grpc-status: 0` trailers;
 //! - `/stream`: streams the request body straight back;
+//! - `.../hold`: answers `200` and then never finishes the body;
+//! - `.../bighead`: answers with a 20 KB response header;
 //! - `/claims`: the `sub` and `aud` of a bearer JWT, never the token itself
 //!   (so a client can see what was injected without learning it);
 //! - `/reflect`: like any path, and also hands the request's `authorization`
@@ -29,7 +31,23 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::pki::Error;
 
-type Body = Either<Either<Full<Bytes>, Incoming>, GrpcBody>;
+type Body = Either<Either<Full<Bytes>, Incoming>, Either<GrpcBody, Held>>;
+
+/// A response body that never ends (until the connection is dropped): keeps
+/// an HTTP/1.1 connection busy, as a long download or a server stream does.
+pub struct Held;
+
+impl hyper::body::Body for Held {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Pending
+    }
+}
 
 /// One data frame, then trailers: the shape of a unary gRPC response.
 pub struct GrpcBody {
@@ -62,12 +80,26 @@ pub struct Echo {
     pub addr: SocketAddr,
     /// Requests it has received (all paths).
     pub hits: Arc<AtomicUsize>,
+    /// Connections accepted (TLS handshakes completed, for HTTPS).
+    pub connections: Arc<AtomicUsize>,
+    kick: Arc<tokio::sync::Notify>,
+    refusing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Echo {
     /// Requests received so far.
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Closes every open connection, as a restart or an idle timeout would.
+    pub fn drop_connections(&self) {
+        self.kick.notify_waiters();
+    }
+
+    /// While set, new connections are closed at once (the upstream is down).
+    pub fn set_refusing(&self, refusing: bool) {
+        self.refusing.store(refusing, Ordering::SeqCst);
     }
 }
 
@@ -81,52 +113,84 @@ pub async fn start(
     let listener = TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
     let hits = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let kick = Arc::new(tokio::sync::Notify::new());
+    let refusing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let name: Arc<str> = Arc::from(name);
     let acceptor = tls.map(TlsAcceptor::from);
-    let task_hits = hits.clone();
+    let (task_hits, task_conns, task_kick, task_refusing) = (
+        hits.clone(),
+        connections.clone(),
+        kick.clone(),
+        refusing.clone(),
+    );
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
+            if task_refusing.load(Ordering::SeqCst) {
+                drop(tcp);
+                continue;
+            }
             let _ = tcp.set_nodelay(true);
             let (hits, name, acceptor) = (task_hits.clone(), name.clone(), acceptor.clone());
+            let (conns, kick) = (task_conns.clone(), task_kick.clone());
             tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    hits.fetch_add(1, Ordering::SeqCst);
-                    let name = name.clone();
-                    async move { Ok::<_, Infallible>(handle(req, &name).await) }
-                });
-                match acceptor {
-                    Some(acceptor) => {
-                        let Ok(tls) = acceptor.accept(tcp).await else {
-                            return;
-                        };
-                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                        let io = TokioIo::new(tls);
-                        if h2 {
-                            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                                .serve_connection(io, svc)
-                                .await;
-                        } else {
+                // Registered before serving, so a kick reaches every open connection.
+                let kicked = kick.notified();
+                tokio::pin!(kicked);
+                kicked.as_mut().enable();
+                let serve = async move {
+                    let svc = service_fn(move |req| {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        let name = name.clone();
+                        async move { Ok::<_, Infallible>(handle(req, &name).await) }
+                    });
+                    match acceptor {
+                        Some(acceptor) => {
+                            let Ok(tls) = acceptor.accept(tcp).await else {
+                                return;
+                            };
+                            conns.fetch_add(1, Ordering::SeqCst);
+                            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                            let io = TokioIo::new(tls);
+                            if h2 {
+                                let _ =
+                                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                        .serve_connection(io, svc)
+                                        .await;
+                            } else {
+                                let _ = hyper::server::conn::http1::Builder::new()
+                                    .serve_connection(io, svc)
+                                    .with_upgrades()
+                                    .await;
+                            }
+                        }
+                        None => {
+                            conns.fetch_add(1, Ordering::SeqCst);
+                            let io = TokioIo::new(tcp);
                             let _ = hyper::server::conn::http1::Builder::new()
                                 .serve_connection(io, svc)
                                 .with_upgrades()
                                 .await;
                         }
                     }
-                    None => {
-                        let io = TokioIo::new(tcp);
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(io, svc)
-                            .with_upgrades()
-                            .await;
-                    }
+                };
+                tokio::select! {
+                    () = serve => {}
+                    () = kicked => {}
                 }
             });
         }
     });
-    Ok(Echo { addr, hits })
+    Ok(Echo {
+        addr,
+        hits,
+        connections,
+        kick,
+        refusing,
+    })
 }
 
 async fn handle(mut req: Request<Incoming>, name: &str) -> Response<Body> {
@@ -169,10 +233,10 @@ async fn handle(mut req: Request<Incoming>, name: &str) -> Response<Body> {
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
         trailers.insert("grpc-message", HeaderValue::from_static("ok"));
-        let mut resp = Response::new(Either::Right(GrpcBody {
+        let mut resp = Response::new(Either::Right(Either::Left(GrpcBody {
             data: Some(body),
             trailers: Some(trailers),
-        }));
+        })));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
@@ -183,6 +247,16 @@ async fn handle(mut req: Request<Incoming>, name: &str) -> Response<Body> {
         return Response::new(Either::Left(Either::Left(Full::new(Bytes::from(claims(
             req.headers(),
         ))))));
+    }
+    if req.uri().path().ends_with("/bighead") {
+        let mut resp = Response::new(Either::Left(Either::Left(Full::new(Bytes::new()))));
+        if let Ok(v) = HeaderValue::from_str(&"a".repeat(20_000)) {
+            resp.headers_mut().insert("x-big", v);
+        }
+        return resp;
+    }
+    if req.uri().path().ends_with("/hold") {
+        return Response::new(Either::Right(Either::Right(Held)));
     }
     if req.uri().path() == "/stream" {
         return Response::new(Either::Left(Either::Right(req.into_body())));

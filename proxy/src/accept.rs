@@ -136,11 +136,17 @@ async fn serve_conn(
 
 impl Front {
     async fn handle(&self, req: Request<Incoming>) -> Response<ResBody> {
+        if let Err(e) =
+            inject::check_head_size(&req, self.shared.settings.config.limits.max_header_bytes)
+        {
+            info!(status = e.status().as_u16(), error = %e, "request refused");
+            return e.to_response().map(Either::Right);
+        }
         if req.method() == Method::CONNECT {
             return match self.connect(req).await {
                 Ok(r) => r,
                 Err(e) => {
-                    info!(status = e.status().as_u16(), error = %e, "CONNECT refused");
+                    info!(status = e.status().as_u16(), error = ?e.to_string(), "CONNECT refused");
                     e.to_response().map(Either::Right)
                 }
             };
@@ -158,12 +164,12 @@ impl Front {
         };
         match result {
             Ok((resp, endpoint)) => {
-                info!(%method, %host, %path, status = resp.status().as_u16(), endpoint = endpoint.as_deref().unwrap_or("-"),
+                info!(%method, host = ?host, path = ?path, status = resp.status().as_u16(), endpoint = endpoint.as_deref().unwrap_or("-"),
                     ms = started.elapsed().as_millis(), "request");
                 resp
             }
             Err(e) => {
-                info!(%method, %host, %path, status = e.status().as_u16(), error = %e, "request refused");
+                info!(%method, host = ?host, path = ?path, status = e.status().as_u16(), error = ?e.to_string(), "request refused");
                 e.to_response().map(Either::Right)
             }
         }

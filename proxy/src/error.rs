@@ -31,6 +31,14 @@ pub enum ProxyError {
     /// 414: the request target exceeds `limits.max_request_line`.
     #[error("request target longer than {0} bytes")]
     UriTooLong(usize),
+    /// 431: the request head exceeds `limits.max_header_bytes`.
+    #[error("request head of {size} bytes exceeds limits.max_header_bytes ({limit})")]
+    HeadTooLarge {
+        /// The head's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// 403: policy refuses the destination.
     #[error("{0}")]
     Denied(String),
@@ -74,9 +82,11 @@ impl ProxyError {
     /// Which side failed.
     pub fn source_side(&self) -> ErrorSource {
         match self {
-            Self::BadRequest(_) | Self::UriTooLong(_) | Self::Denied(_) | Self::Misdirected(_) => {
-                ErrorSource::Client
-            }
+            Self::BadRequest(_)
+            | Self::UriTooLong(_)
+            | Self::HeadTooLarge { .. }
+            | Self::Denied(_)
+            | Self::Misdirected(_) => ErrorSource::Client,
             Self::Upstream { .. } | Self::UpstreamTimeout { .. } => ErrorSource::Upstream,
             Self::Credential { .. } => ErrorSource::Credential,
             Self::Internal(_) => ErrorSource::Internal,
@@ -88,6 +98,7 @@ impl ProxyError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            Self::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Denied(_) => StatusCode::FORBIDDEN,
             Self::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
@@ -102,6 +113,7 @@ impl ProxyError {
         match self {
             Self::BadRequest(_) => "bad-request",
             Self::UriTooLong(_) => "uri-too-long",
+            Self::HeadTooLarge { .. } => "head-too-large",
             Self::Denied(_) => "denied",
             Self::Misdirected(_) => "misdirected",
             Self::Upstream { .. } => "upstream",

@@ -89,6 +89,28 @@ pub(crate) fn check_names(
     Ok(())
 }
 
+/// The request head's size as sent (request line and `name: value` fields;
+/// for HTTP/2 the same count, which is what `max_header_list_size` bounds
+/// less 32 bytes a field). hyper's own bound is its read buffer, which grows
+/// in steps past the configured size, so the exact limit is enforced here.
+pub(crate) fn check_head_size<B>(req: &Request<B>, limit: usize) -> Result<(), ProxyError> {
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |pq| pq.as_str().len())
+        + req.uri().authority().map_or(0, |a| a.as_str().len() + 8)
+        + 12;
+    let size = line
+        + req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+        + 2;
+    if size > limit {
+        return Err(ProxyError::HeadTooLarge { size, limit });
+    }
+    Ok(())
+}
+
 /// Methods Lanyard answers `OPTIONS` with when it is the final recipient.
 const ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
@@ -131,16 +153,35 @@ pub(crate) fn max_forwards(
     Ok(None)
 }
 
-/// Prepares `req` for an upstream speaking HTTP/2 (`upstream_h2`) or HTTP/1.1.
+/// How a request is shaped for its upstream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shape {
+    /// How the request reached Lanyard.
+    pub(crate) scheme: Scheme,
+    /// The upstream speaks HTTP/2 (else HTTP/1.1 with a Host header).
+    pub(crate) upstream_h2: bool,
+    /// An HTTP/1.1 upgrade may be relayed.
+    pub(crate) upgrade_ok: bool,
+    /// Cleartext to this dialled address (invariant 2 is checked against it).
+    pub(crate) cleartext_to: Option<std::net::SocketAddr>,
+    /// Absolute-form URI (a pooled client routes by it) rather than origin-form.
+    pub(crate) absolute: bool,
+}
+
+/// Prepares `req` for its upstream as `shape` says.
 pub(crate) async fn prepare(
     shared: &Shared,
     target: &Target,
-    scheme: Scheme,
+    shape: Shape,
     mut req: Request<Incoming>,
-    upstream_h2: bool,
-    upgrade_ok: bool,
-    cleartext_to: Option<std::net::SocketAddr>,
 ) -> Result<Prepared, ProxyError> {
+    let Shape {
+        scheme,
+        upstream_h2,
+        upgrade_ok,
+        cleartext_to,
+        absolute,
+    } = shape;
     let limit = shared.settings.config.limits.max_request_line;
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len > limit {
@@ -178,7 +219,7 @@ pub(crate) async fn prepare(
     } else {
         target.to_string()
     };
-    let uri = if upstream_h2 {
+    let uri = if upstream_h2 || absolute {
         Uri::builder()
             .scheme(scheme.as_str())
             .authority(authority.as_str())

@@ -12,7 +12,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::Mutex;
 use tokio::time::{Instant, timeout};
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, info, warn};
@@ -20,11 +19,12 @@ use tracing::{debug, info, warn};
 use crate::Shared;
 use crate::accept::ConnPermit;
 use crate::error::ProxyError;
-use crate::inject::{self, Scheme};
+use crate::inject::{self, Scheme, Shape};
 use crate::io::DrainWatch;
 use crate::parse::{Host, Target};
-use crate::relay::{self, Dialed, Purpose, ResBody, Sender};
+use crate::relay::{self, Dialed, Origin, ResBody};
 use crate::tls::{AlpnOffer, H1, H2};
+use crate::upstream::Upstream;
 
 /// One intercepted tunnel.
 struct Tunnel {
@@ -34,7 +34,7 @@ struct Tunnel {
     sni_problem: Option<String>,
     client_h2: bool,
     /// The upstream connection, or why there is none (answered as 502/504).
-    upstream: Mutex<Result<Sender, ProxyError>>,
+    upstream: Upstream,
     /// Held by upgrades spliced out of this interception too.
     permit: ConnPermit,
 }
@@ -104,19 +104,16 @@ pub(crate) async fn run(
             "TLS SNI '{s}' does not match the CONNECT authority {target}; nothing was injected"
         )),
     });
-    let upstream = match upstream {
-        Ok(t) => Sender::handshake(t, upstream_h2, &target).await,
-        Err(e) => {
-            info!(error = %e, "upstream unusable; requests in this tunnel get 502");
-            Err(e)
-        }
-    };
+    if let Err(e) = &upstream {
+        info!(error = %e, "upstream unusable; requests in this tunnel get 502 until a re-dial succeeds");
+    }
+    let upstream = Upstream::new(shared.clone(), target.clone(), upstream);
     let tunnel = Arc::new(Tunnel {
         shared: shared.clone(),
         target,
         sni_problem,
         client_h2,
-        upstream: Mutex::new(upstream),
+        upstream,
         permit,
     });
     let svc = service_fn(move |req| {
@@ -133,6 +130,11 @@ pub(crate) async fn run(
         ))
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(crate::io::h2::MAX_STREAMS)
+        .max_send_buf_size(crate::io::h2::MAX_SEND_BUF)
+        .initial_stream_window_size(crate::io::h2::STREAM_WINDOW)
+        .initial_connection_window_size(crate::io::h2::CONN_WINDOW)
+        .max_pending_accept_reset_streams(crate::io::h2::MAX_PENDING_RESETS)
         .serve_connection(io, svc);
         tokio::pin!(conn);
         tokio::select! {
@@ -161,14 +163,23 @@ impl Tunnel {
         let path = inject::log_path(req.uri().path_and_query()).to_owned();
         match self.relay(req).await {
             Ok((resp, endpoint)) => {
-                info!(%method, %path, status = resp.status().as_u16(), endpoint = endpoint.as_deref().unwrap_or("-"),
+                info!(%method, path = ?path, status = resp.status().as_u16(), endpoint = endpoint.as_deref().unwrap_or("-"),
                     ms = started.elapsed().as_millis(), "request");
                 resp
             }
             Err(e) => {
-                info!(%method, %path, status = e.status().as_u16(), error = %e,
+                info!(%method, path = ?path, status = e.status().as_u16(), error = ?e.to_string(),
                     ms = started.elapsed().as_millis(), "request refused");
-                e.to_response().map(Either::Right)
+                let mut resp = e.to_response();
+                if !self.client_h2 && e.source_side() == crate::ErrorSource::Upstream {
+                    // Keep-alive clients would otherwise stay on a tunnel
+                    // whose upstream is gone; a new CONNECT dials afresh.
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                resp.map(Either::Right)
             }
         }
     }
@@ -180,68 +191,35 @@ impl Tunnel {
         if let Some(p) = &self.sni_problem {
             return Err(ProxyError::Misdirected(p.clone()));
         }
+        inject::check_head_size(&req, self.shared.settings.config.limits.max_header_bytes)?;
         let mut req = req;
         if let Some(local) = inject::max_forwards(&mut req)? {
             return Ok((local.map(Either::Right), None));
         }
         let shared = &self.shared;
-        let mut slot = self.upstream.lock().await;
         // A broken upstream is reported before any credential is fetched.
-        let h2 = match &*slot {
-            Err(e) => return Err(e.clone()),
-            Ok(s) => s.is_h2(),
+        if let Some(e) = self.upstream.failing() {
+            return Err(e);
+        }
+        let h2 = self.upstream.h2;
+        let shape = Shape {
+            scheme: Scheme::Https,
+            upstream_h2: h2,
+            upgrade_ok: !self.client_h2 && !h2,
+            cleartext_to: None,
+            absolute: true,
         };
-        if h2 {
-            let mut sender = match slot.as_ref().ok().and_then(Sender::clone_h2) {
-                Some(s) => s,
-                None => return Err(ProxyError::Internal("h2 sender vanished".into())),
-            };
-            drop(slot);
-            let p = inject::prepare(shared, &self.target, Scheme::Https, req, true, false, None)
-                .await?;
-            let mut resp = relay::forward(
-                shared,
-                &mut sender,
-                &self.target,
-                p.req,
-                false,
-                &self.permit,
-            )
-            .await?;
-            inject::scrub_echo(&mut resp, p.credential.as_ref());
-            return Ok((resp, p.endpoint));
-        }
-        if slot.as_ref().is_ok_and(Sender::is_closed) {
-            // The upstream closed an idle keep-alive connection; open another
-            // to the same destination, HTTP/1.1 as before.
-            *slot = self.redial().await;
-        }
-        let p = inject::prepare(
+        let p = inject::prepare(shared, &self.target, shape, req).await?;
+        let mut resp = relay::forward(
             shared,
+            Origin::Pool(&self.upstream),
             &self.target,
-            Scheme::Https,
-            req,
-            false,
-            !self.client_h2,
-            None,
+            p.req,
+            p.upgrade,
+            &self.permit,
         )
         .await?;
-        let sender = slot.as_mut().map_err(|e| e.clone())?;
-        let mut resp =
-            relay::forward(shared, sender, &self.target, p.req, p.upgrade, &self.permit).await?;
         inject::scrub_echo(&mut resp, p.credential.as_ref());
         Ok((resp, p.endpoint))
-    }
-
-    async fn redial(&self) -> Result<Sender, ProxyError> {
-        let dialed = relay::dial(&self.shared, &self.target, Purpose::Endpoint).await?;
-        let tls = relay::tls_connect(
-            &self.shared,
-            dialed.stream,
-            &self.target,
-            self.shared.upstream_tls.h1_only(),
-        )
-        .await?;
-        Sender::handshake(tls, false, &self.target).await
     }
 }

@@ -244,3 +244,21 @@ mod tests {
         assert_eq!(drain.shutdown(Duration::from_secs(1)).await, 1);
     }
 }
+
+/// HTTP/2 bounds, the same on the agent side and the upstream side, so one
+/// connection cannot pin more than about
+/// `H2_MAX_STREAMS × H2_MAX_SEND_BUF + H2_CONN_WINDOW` (≈ 7.4 MiB) however
+/// its peer behaves (hyper's defaults allowed ~80 MB: 150+ streams, each
+/// with a 400 KiB send buffer, never read).
+pub(crate) mod h2 {
+    /// Streams open at once on one connection.
+    pub(crate) const MAX_STREAMS: u32 = 100;
+    /// Bytes buffered for sending on one stream before the writer waits.
+    pub(crate) const MAX_SEND_BUF: usize = 64 * 1024;
+    /// Flow-control window granted per stream (what a peer may send unread).
+    pub(crate) const STREAM_WINDOW: u32 = 256 * 1024;
+    /// Flow-control window granted per connection.
+    pub(crate) const CONN_WINDOW: u32 = 1024 * 1024;
+    /// Reset streams tolerated before the connection is closed (rapid reset).
+    pub(crate) const MAX_PENDING_RESETS: usize = 100;
+}

@@ -29,6 +29,7 @@ pub mod secret;
 pub mod settings;
 pub mod source;
 pub mod tls;
+mod upstream;
 
 pub use ca::{CertCache, SandboxCa, TrustFiles};
 pub use config::ProxyConfig;

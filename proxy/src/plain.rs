@@ -8,10 +8,10 @@ use hyper::body::Incoming;
 
 use crate::accept::Front;
 use crate::error::ProxyError;
-use crate::inject::{self, Scheme};
+use crate::inject::{self, Scheme, Shape};
 use crate::matcher::{ConnectPlan, EgressDecision};
 use crate::parse::{Target, normalize_path};
-use crate::relay::{self, Purpose, ResBody, Sender};
+use crate::relay::{self, Origin, Purpose, ResBody, Sender};
 
 /// Forwards one absolute-form request; returns the response and the endpoint injected, if any.
 pub(crate) async fn forward(
@@ -66,7 +66,12 @@ pub(crate) async fn forward(
         *slot = None;
         let dialed = relay::dial(shared, &target, purpose).await?;
         let addr = dialed.addr;
-        let sender = Sender::handshake(dialed.stream, false, &target).await?;
+        let sender = Sender::handshake(
+            dialed.stream,
+            &target,
+            shared.settings.config.limits.max_header_bytes,
+        )
+        .await?;
         *slot = Some((target.clone(), addr, sender));
     }
     let Some((_, addr, sender)) = slot.as_mut() else {
@@ -74,8 +79,23 @@ pub(crate) async fn forward(
             "upstream slot empty after dial".into(),
         ));
     };
-    let p = inject::prepare(shared, &target, Scheme::Http, req, false, true, Some(*addr)).await?;
-    let mut resp = relay::forward(shared, sender, &target, p.req, p.upgrade, &front.permit).await?;
+    let shape = Shape {
+        scheme: Scheme::Http,
+        upstream_h2: false,
+        upgrade_ok: true,
+        cleartext_to: Some(*addr),
+        absolute: false,
+    };
+    let p = inject::prepare(shared, &target, shape, req).await?;
+    let mut resp = relay::forward(
+        shared,
+        Origin::Plain(sender),
+        &target,
+        p.req,
+        p.upgrade,
+        &front.permit,
+    )
+    .await?;
     inject::scrub_echo(&mut resp, p.credential.as_ref());
     Ok((resp, p.endpoint))
 }

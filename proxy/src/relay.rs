@@ -9,8 +9,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -92,12 +92,18 @@ pub(crate) async fn dial(
     let mut denied = None;
     let addrs: Vec<IpAddr> = addrs
         .into_iter()
-        .filter(|ip| match shared.settings.egress.denies_address(SocketAddr::new(*ip, target.port)) {
-            Some(rule) => {
-                denied.get_or_insert(rule);
-                false
+        .filter(|ip| {
+            match shared
+                .settings
+                .egress
+                .denies_address(SocketAddr::new(*ip, target.port))
+            {
+                Some(rule) => {
+                    denied.get_or_insert(rule);
+                    false
+                }
+                None => true,
             }
-            None => true,
         })
         .collect();
     if let (true, Some(rule)) = (addrs.is_empty(), denied) {
@@ -171,71 +177,71 @@ where
     }
 }
 
-/// A request sender on one upstream connection.
-pub(crate) enum Sender {
-    H1(http1::SendRequest<Incoming>),
-    H2(http2::SendRequest<Incoming>),
+/// Where a request goes: the plain front end's single HTTP/1.1 connection,
+/// or an intercepted tunnel's pool.
+pub(crate) enum Origin<'a> {
+    /// `http://` forwarding.
+    Plain(&'a mut Sender),
+    /// An intercepted tunnel.
+    Pool(&'a crate::upstream::Upstream),
 }
 
+/// The size an upstream response head had on the wire (near enough: status
+/// line plus `name: value\r\n` per field), bounded like request heads.
+fn check_head_size<B>(resp: &Response<B>, limit: usize, dest: &Target) -> Result<(), ProxyError> {
+    let size = 16
+        + resp
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if size > limit {
+        return Err(ProxyError::Upstream {
+            dest: dest.to_string(),
+            reason: format!(
+                "response head of {size} bytes exceeds limits.max_header_bytes ({limit})"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// An HTTP/1.1 request sender on one upstream connection (plain forwarding).
+pub(crate) struct Sender(http1::SendRequest<Incoming>);
+
 impl Sender {
-    /// HTTP/1 or HTTP/2 handshake on an established (TLS or plain) stream,
-    /// driving the connection in a task tied to the current span.
-    pub(crate) async fn handshake<IO>(io: IO, h2: bool, dest: &Target) -> Result<Self, ProxyError>
+    /// HTTP/1.1 handshake on an established stream, driving the connection
+    /// in a task tied to the current span; response heads are bounded by
+    /// `max_header_bytes`.
+    pub(crate) async fn handshake<IO>(
+        io: IO,
+        dest: &Target,
+        max_header_bytes: usize,
+    ) -> Result<Self, ProxyError>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let fail = |e: hyper::Error| ProxyError::Upstream {
-            dest: dest.to_string(),
-            reason: format!("HTTP handshake failed: {e}"),
-        };
-        let io = TokioIo::new(io);
-        if h2 {
-            let (sender, conn) =
-                http2::Builder::new(crate::io::SpanExecutor(tracing::Span::current()))
-                    .timer(TokioTimer::new())
-                    .handshake(io)
-                    .await
-                    .map_err(fail)?;
-            tokio::spawn(
-                async move {
-                    if let Err(e) = conn.await {
-                        debug!(error = %e, "upstream h2 connection ended");
-                    }
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size(max_header_bytes.max(8192))
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| ProxyError::Upstream {
+                dest: dest.to_string(),
+                reason: format!("HTTP handshake failed: {e}"),
+            })?;
+        tokio::spawn(
+            async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    debug!(error = %e, "upstream h1 connection ended");
                 }
-                .in_current_span(),
-            );
-            Ok(Sender::H2(sender))
-        } else {
-            let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(fail)?;
-            tokio::spawn(
-                async move {
-                    if let Err(e) = conn.with_upgrades().await {
-                        debug!(error = %e, "upstream h1 connection ended");
-                    }
-                }
-                .in_current_span(),
-            );
-            Ok(Sender::H1(sender))
-        }
-    }
-
-    pub(crate) fn is_h2(&self) -> bool {
-        matches!(self, Sender::H2(_))
+            }
+            .in_current_span(),
+        );
+        Ok(Sender(sender))
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        match self {
-            Sender::H1(s) => s.is_closed(),
-            Sender::H2(s) => s.is_closed(),
-        }
-    }
-
-    /// A second handle to the same connection, for HTTP/2 multiplexing.
-    pub(crate) fn clone_h2(&self) -> Option<Self> {
-        match self {
-            Sender::H2(s) => Some(Sender::H2(s.clone())),
-            Sender::H1(_) => None,
-        }
+        self.0.is_closed()
     }
 
     /// Sends one request and waits for the response head (bounded by
@@ -247,21 +253,10 @@ impl Sender {
         req: Request<Incoming>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let limit = shared.settings.config.limits.response_header_timeout;
-        let fail = |e: hyper::Error| ProxyError::Upstream {
-            dest: dest.to_string(),
-            reason: format!("request failed: {e}"),
-        };
+        let fail = |e: hyper::Error| classify_send_error(dest, &e);
         let fut = async {
-            match self {
-                Sender::H1(s) => {
-                    s.ready().await.map_err(fail)?;
-                    s.send_request(req).await.map_err(fail)
-                }
-                Sender::H2(s) => {
-                    s.ready().await.map_err(fail)?;
-                    s.send_request(req).await.map_err(fail)
-                }
-            }
+            self.0.ready().await.map_err(fail)?;
+            self.0.send_request(req).await.map_err(fail)
         };
         timeout(limit, fut)
             .await
@@ -270,6 +265,19 @@ impl Sender {
                 phase: "response headers",
                 after_ms: limit.as_millis(),
             })?
+    }
+}
+
+/// A request body that fails to arrive (malformed chunking, a client that
+/// hung up) is the client's error; anything else the upstream's.
+pub(crate) fn classify_send_error(dest: &Target, e: &hyper::Error) -> ProxyError {
+    if e.is_user() {
+        let cause = std::error::Error::source(e).map_or_else(|| e.to_string(), ToString::to_string);
+        return ProxyError::BadRequest(format!("request body: {cause}"));
+    }
+    ProxyError::Upstream {
+        dest: dest.to_string(),
+        reason: format!("request failed: {e}"),
     }
 }
 
@@ -327,14 +335,18 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
 /// upgrade answered with 101, splices the two upgraded streams together.
 pub(crate) async fn forward(
     shared: &Arc<Shared>,
-    sender: &mut Sender,
+    origin: Origin<'_>,
     dest: &Target,
     mut req: Request<Incoming>,
     upgrade: bool,
     permit: &crate::accept::ConnPermit,
 ) -> Result<Response<ResBody>, ProxyError> {
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let mut resp = sender.send(shared, dest, req).await?;
+    let mut resp = match origin {
+        Origin::Plain(sender) => sender.send(shared, dest, req).await?,
+        Origin::Pool(pool) => pool.send(shared, dest, req).await?,
+    };
+    check_head_size(&resp, shared.settings.config.limits.max_header_bytes, dest)?;
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);

@@ -112,9 +112,14 @@ impl UpstreamTls {
         }
     }
 
-    /// The HTTP/1.1-only config (plain re-dials and upgrades).
+    /// The HTTP/1.1-only config (token endpoints, re-dials of HTTP/1.1 upstreams).
     pub fn h1_only(&self) -> Arc<ClientConfig> {
         self.h1.clone()
+    }
+
+    /// The HTTP/2-only config (re-dials of an upstream that chose HTTP/2).
+    pub fn h2_only(&self) -> Arc<ClientConfig> {
+        self.h2.clone()
     }
 }
 

@@ -364,10 +364,22 @@ async fn egress_deny_holds_for_every_spelling_and_every_name() {
             w.base_yaml()
         );
         let p = start(&yaml, w.dir.path()).await;
-        for spelling in ["127.0.0.2", "2130706434", "0x7f000002", "127.2", "0177.0.0.2", "127.0.2", "sneaky.test"] {
+        for spelling in [
+            "127.0.0.2",
+            "2130706434",
+            "0x7f000002",
+            "127.2",
+            "0177.0.0.2",
+            "127.0.2",
+            "sneaky.test",
+        ] {
             let (_, r) = connect(p.addr, &format!("{spelling}:{port}")).await;
             assert_eq!(r.status, 403, "{deny} / {spelling}: {r:?}");
-            assert!(r.body.contains("egress.deny[0]"), "{deny} / {spelling}: {}", r.body);
+            assert!(
+                r.body.contains("egress.deny[0]"),
+                "{deny} / {spelling}: {}",
+                r.body
+            );
         }
         p.shutdown().await;
     }
@@ -376,4 +388,60 @@ async fn egress_deny_holds_for_every_spelling_and_every_name() {
         0,
         "a denied address was dialled"
     );
+}
+
+/// Heads are bounded exactly by `max_header_bytes` (hyper's read buffer
+/// grows past it), upstream response heads too, and a malformed request
+/// body is the client's fault (400), not the upstream's (502).
+#[tokio::test]
+async fn heads_and_bodies_are_judged_on_the_right_side() {
+    let w = World::new();
+    let plain = lanyard_examples::echo::start(loopback(), "plain", None)
+        .await
+        .unwrap();
+    let port = plain.addr.port();
+    let yaml = format!(
+        "{}egress: {{ default: allow, allow_private_addresses: true }}\nlimits: {{ max_header_bytes: 16384 }}\n",
+        w.base_yaml()
+    );
+    let p = start(&yaml, w.dir.path()).await;
+    let send = |raw: Vec<u8>| async move {
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(&raw).await.unwrap();
+        read_response(&mut s).await
+    };
+    let head = |pad: usize| {
+        format!(
+            "GET http://127.0.0.1:{port}/x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Pad: {}\r\n\r\n",
+            "p".repeat(pad)
+        )
+        .into_bytes()
+    };
+    assert_eq!(send(head(15_000)).await.status, 200);
+    for pad in [16_500, 20_000, 30_000] {
+        let r = send(head(pad)).await;
+        assert_eq!(
+            r.status, 431,
+            "a {pad}-byte header passed a 16384-byte limit: {r:?}"
+        );
+    }
+    let r = send(
+        format!(
+            "POST http://127.0.0.1:{port}/x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"
+        )
+        .into_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("request body"), "{}", r.body);
+    let r = send(
+        format!("GET http://127.0.0.1:{port}/bighead HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n")
+            .into_bytes(),
+    )
+    .await;
+    assert_eq!(
+        r.status, 502,
+        "a 20 KB response head passed a 16384-byte limit: {r:?}"
+    );
+    p.shutdown().await;
 }

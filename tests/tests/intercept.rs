@@ -531,3 +531,124 @@ async fn lenient_dot_segments_are_refused_before_injection() {
     }
     assert_eq!(up.hits(), 0, "a refused path reached the upstream");
 }
+
+/// An h2 GET on an existing agent connection, with the 2xx or 5xx it got.
+async fn h2_get(c: &mut Client, auth: &str, path: &str) -> Collected {
+    c.send(
+        Request::get(format!("https://{auth}{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+}
+
+/// The upstream closing its connections (idle close, restart) must not kill
+/// the tunnel: the next request on the same agent connection is sent on a
+/// new upstream connection, for an HTTP/2 and an HTTP/1.1 upstream alike
+/// (the latter one that negotiates no ALPN, so the agent keeps its h2).
+#[tokio::test]
+async fn a_closed_upstream_connection_is_redialled_on_demand() {
+    let w = World::new();
+    for alpn in [&[H2][..], &[][..]] {
+        let (up, p) = alpha(&w, alpn).await;
+        let auth = format!("alpha.test:{}", up.addr.port());
+        let tls = intercepted(&p, &auth, "alpha.test", &[H2]).await;
+        let mut c = Client::new(tls, true).await;
+        let r = h2_get(&mut c, &auth, "/api/1").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        up.drop_connections();
+        for i in 2..5 {
+            let r = h2_get(&mut c, &auth, &format!("/api/{i}")).await;
+            assert_eq!(r.status, StatusCode::OK, "{alpn:?} request {i}: {}", r.body);
+            assert_eq!(
+                auth_lines(&r.body),
+                vec![format!("Bearer {TOKEN}").as_str()]
+            );
+            up.drop_connections();
+        }
+        assert!(up.connections.load(std::sync::atomic::Ordering::SeqCst) >= 4);
+        p.shutdown().await;
+    }
+}
+
+/// While the upstream is down, requests get 502 (an HTTP/1.1 agent is told to
+/// close, so it does not keep a dead tunnel); once it is back, the same
+/// HTTP/2 agent connection recovers without reconnecting.
+#[tokio::test]
+async fn a_failed_redial_is_not_remembered_for_ever() {
+    let w = World::new();
+    let (up, p) = alpha(&w, &[]).await;
+    let auth = format!("alpha.test:{}", up.addr.port());
+
+    let tls = intercepted(&p, &auth, "alpha.test", &[H1]).await;
+    let mut h1 = Client::new(tls, false).await;
+    let tls = intercepted(&p, &auth, "alpha.test", &[H2]).await;
+    let mut h2 = Client::new(tls, true).await;
+    assert_eq!(h1.send(get("/api/a", &auth)).await.status, StatusCode::OK);
+    assert_eq!(
+        h2_get(&mut h2, &auth, "/api/a").await.status,
+        StatusCode::OK
+    );
+
+    up.set_refusing(true);
+    up.drop_connections();
+    let r = h1.send(get("/api/b", &auth)).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
+    assert_eq!(
+        r.headers.get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "{r:?}"
+    );
+    let r = h2_get(&mut h2, &auth, "/api/b").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
+
+    up.set_refusing(false);
+    let mut recovered = None;
+    for _ in 0..100 {
+        let r = h2_get(&mut h2, &auth, "/api/c").await;
+        if r.status == StatusCode::OK {
+            recovered = Some(r);
+            break;
+        }
+        // Re-dials back off (100 ms doubling, capped at 5 s); poll with a bound.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let r = recovered.expect("the tunnel never recovered after the upstream came back");
+    assert_eq!(
+        auth_lines(&r.body),
+        vec![format!("Bearer {TOKEN}").as_str()]
+    );
+}
+
+/// An HTTP/2 agent's streams to an HTTP/1.1-only upstream are not serialised
+/// onto one upstream connection: a response still streaming does not hold
+/// up the next request.
+#[tokio::test]
+async fn h2_streams_to_an_h1_upstream_run_side_by_side() {
+    let w = World::new();
+    // No ALPN on the upstream: it speaks HTTP/1.1 while the agent keeps h2.
+    let (up, p) = alpha(&w, &[]).await;
+    let auth = format!("alpha.test:{}", up.addr.port());
+    let tls = intercepted(&p, &auth, "alpha.test", &[H2]).await;
+    let mut c = Client::new(tls, true).await;
+    let held = c
+        .send_raw(
+            Request::get(format!("https://{auth}/api/hold"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(held.status(), StatusCode::OK);
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        h2_get(&mut c, &auth, "/api/next"),
+    )
+    .await
+    .expect("the second stream waited behind the first one's upstream connection");
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        auth_lines(&r.body),
+        vec![format!("Bearer {TOKEN}").as_str()]
+    );
+    drop(held);
+}

@@ -401,8 +401,10 @@ impl EgressPolicy {
             .iter()
             .enumerate()
             .find(|(_, p)| {
-                matches!(p.host, HostPattern::Exact(Host::Ip(_)) | HostPattern::Cidr(..))
-                    && p.matches(&as_target)
+                matches!(
+                    p.host,
+                    HostPattern::Exact(Host::Ip(_)) | HostPattern::Cidr(..)
+                ) && p.matches(&as_target)
             })
             .map(|(i, p)| format!("egress.deny[{i}] '{}'", p.text))
     }

@@ -46,7 +46,9 @@ impl Host {
         if ends_in_a_number(trimmed) {
             return whatwg_ipv4(trimmed)
                 .map(|ip| Host::Ip(IpAddr::V4(ip)))
-                .ok_or_else(|| format!("'{raw}' looks like an IPv4 address but is not a valid one"));
+                .ok_or_else(|| {
+                    format!("'{raw}' looks like an IPv4 address but is not a valid one")
+                });
         }
         let ascii = idna::domain_to_ascii(trimmed)
             .map_err(|_| format!("'{raw}' is not a valid host name"))?;
@@ -96,7 +98,8 @@ fn whatwg_ipv4(host: &str) -> Option<std::net::Ipv4Addr> {
     }
     let mut nums = Vec::with_capacity(parts.len());
     for p in &parts {
-        let (digits, radix) = if let Some(h) = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X")) {
+        let (digits, radix) = if let Some(h) = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X"))
+        {
             (h, 16)
         } else if p.len() > 1 && p.starts_with('0') {
             (&p[1..], 8)

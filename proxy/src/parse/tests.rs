@@ -197,9 +197,21 @@ fn numeric_hosts_are_the_addresses_a_resolver_would_make_of_them() {
             "{raw}"
         );
     }
-    for bad in ["4294967296", "1.1.1.256", "256.1.1.1", "1.2.3.4.5", "0x", "09", "1..1", "example.123"] {
+    for bad in [
+        "4294967296",
+        "1.1.1.256",
+        "256.1.1.1",
+        "1.2.3.4.5",
+        "0x",
+        "09",
+        "1..1",
+        "example.123",
+    ] {
         assert!(Host::parse(bad).is_err(), "{bad:?} accepted");
     }
     // Names that merely contain digits stay names.
-    assert_eq!(Host::parse("123.example").unwrap(), Host::Name("123.example".into()));
+    assert_eq!(
+        Host::parse("123.example").unwrap(),
+        Host::Name("123.example".into())
+    );
 }
