@@ -21,9 +21,10 @@ pub struct ProxyConfig {
     /// How Lanyard verifies the real upstream servers.
     #[serde(default)]
     pub upstream_tls: UpstreamTlsConfig,
-    /// Names pinned to addresses, like curl's `--resolve`; consulted before DNS.
+    /// Names pinned to an address or a list of them (tried in order, Happy
+    /// Eyeballs), like curl's `--resolve`; consulted before DNS.
     #[serde(default)]
-    pub resolve: BTreeMap<String, IpAddr>,
+    pub resolve: BTreeMap<String, Pinned>,
     /// Destinations that get a credential injected.
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
@@ -176,6 +177,26 @@ pub struct EgressConfig {
     /// are exempt. Off by default so DNS cannot steer the agent into the host.
     #[serde(default)]
     pub allow_private_addresses: bool,
+}
+
+/// `resolve.<name>`: one address or several.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Pinned {
+    /// `name: 127.0.0.1`.
+    One(IpAddr),
+    /// `name: [192.0.2.1, 2001:db8::1]`.
+    Many(Vec<IpAddr>),
+}
+
+impl Pinned {
+    /// The addresses, in the order written.
+    pub fn addrs(&self) -> Vec<IpAddr> {
+        match self {
+            Pinned::One(ip) => vec![*ip],
+            Pinned::Many(v) => v.clone(),
+        }
+    }
 }
 
 /// Limits; each has a default sized for one sandbox.

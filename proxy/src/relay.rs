@@ -52,11 +52,13 @@ pub(crate) async fn dial(
 ) -> Result<Dialed, ProxyError> {
     let limits = &shared.settings.config.limits;
     let dest = target.to_string();
+    // DNS and every connection attempt share this one deadline.
+    let deadline = tokio::time::Instant::now() + limits.connect_timeout;
     let resolved = crate::resolve::resolve(
         &shared.settings.resolve,
         &target.host,
         target.port,
-        limits.connect_timeout,
+        deadline,
     )
     .await
     .map_err(|e| match e {
@@ -118,29 +120,24 @@ pub(crate) async fn dial(
             "{why}: {dest} resolves to {ip}, which is not loopback; use https:// or set allow_cleartext on the endpoint"
         )));
     }
-    let mut last = String::from("no addresses");
-    for ip in addrs {
-        let addr = SocketAddr::new(ip, target.port);
-        match timeout(limits.connect_timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => {
-                // Nagle plus delayed ACK costs ~40 ms per small request/response.
-                let _ = stream.set_nodelay(true);
-                return Ok(Dialed {
-                    stream: IdleIo::new(stream, limits.idle_timeout),
-                    addr,
-                });
-            }
-            Ok(Err(e)) => last = format!("connect {addr}: {e}"),
-            Err(_) => {
-                return Err(ProxyError::UpstreamTimeout {
-                    dest,
-                    phase: "connect",
-                    after_ms: limits.connect_timeout.as_millis(),
-                });
-            }
+    match crate::resolve::connect(&addrs, target.port, deadline).await {
+        Ok((stream, addr)) => {
+            // Nagle plus delayed ACK costs ~40 ms per small request/response.
+            let _ = stream.set_nodelay(true);
+            Ok(Dialed {
+                stream: IdleIo::new(stream, limits.idle_timeout),
+                addr,
+            })
+        }
+        Err(crate::resolve::ConnectError::Timeout) => Err(ProxyError::UpstreamTimeout {
+            dest,
+            phase: "connect",
+            after_ms: limits.connect_timeout.as_millis(),
+        }),
+        Err(crate::resolve::ConnectError::Failed(reason)) => {
+            Err(ProxyError::Upstream { dest, reason })
         }
     }
-    Err(ProxyError::Upstream { dest, reason: last })
 }
 
 /// TLS to the upstream, verifying it against the configured roots for the

@@ -38,7 +38,7 @@ pub struct Settings {
     /// Egress policy.
     pub egress: EgressPolicy,
     /// Canonical name → pinned address.
-    pub resolve: HashMap<Host, IpAddr>,
+    pub resolve: HashMap<Host, Vec<IpAddr>>,
 }
 
 impl Settings {
@@ -70,7 +70,7 @@ impl Settings {
         let router = Router::new(rules)?;
         let egress = EgressPolicy::new(&config.egress)?;
         let mut resolve = HashMap::new();
-        for (name, ip) in &config.resolve {
+        for (name, pinned) in &config.resolve {
             let host =
                 Host::parse(name).map_err(|r| ConfigError::new(format!("resolve.{name}"), r))?;
             if matches!(host, Host::Ip(_)) {
@@ -79,7 +79,14 @@ impl Settings {
                     "key must be a host name, not an address",
                 ));
             }
-            resolve.insert(host, *ip);
+            let addrs = pinned.addrs();
+            if addrs.is_empty() {
+                return Err(ConfigError::new(
+                    format!("resolve.{name}"),
+                    "needs at least one address",
+                ));
+            }
+            resolve.insert(host, addrs);
         }
         if let (Some(_), None) | (None, Some(_)) = (&config.ca.cert_file, &config.ca.key_file) {
             return Err(ConfigError::new(

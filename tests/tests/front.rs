@@ -445,3 +445,49 @@ async fn heads_and_bodies_are_judged_on_the_right_side() {
     );
     p.shutdown().await;
 }
+
+/// A listener whose accept queue is full: SYNs to it are dropped, so a
+/// connection attempt hangs, as to a blackholed address. Stays on loopback.
+async fn blackhole(ip: &str, port: u16) -> (tokio::net::TcpListener, TcpStream) {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{ip}:{port}").parse().unwrap()).unwrap();
+    let l = sock.listen(0).unwrap();
+    let filler = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    (l, filler)
+}
+
+/// Connecting races the addresses (RFC 8305): a dead first address costs
+/// 250 ms, not the whole connect timeout; and DNS plus every attempt share
+/// one deadline instead of each address getting the full timeout.
+#[tokio::test]
+async fn connecting_races_addresses_under_one_deadline() {
+    let w = World::new();
+    let good = w.upstream("alpha", &["alpha.test"], &[H1]).await;
+    let port = good.addr.port();
+    let _holes = (
+        blackhole("127.0.0.3", port).await,
+        blackhole("127.0.0.4", port).await,
+        blackhole("127.0.0.5", port).await,
+    );
+    let yaml = format!(
+        "{}resolve: {{ multi.test: [127.0.0.3, 127.0.0.1], dead.test: [127.0.0.3, 127.0.0.4, 127.0.0.5] }}\negress: {{ default: allow }}\nlimits: {{ connect_timeout: 1s }}\n",
+        w.base_yaml()
+    );
+    let p = start(&yaml, w.dir.path()).await;
+    let started = std::time::Instant::now();
+    let (_, r) = connect(p.addr, &format!("multi.test:{port}")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "the live second address waited for the dead first one: {:?}",
+        started.elapsed()
+    );
+    let started = std::time::Instant::now();
+    let (_, r) = connect(p.addr, &format!("dead.test:{port}")).await;
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "three dead addresses took {:?} against a 1 s connect timeout",
+        started.elapsed()
+    );
+}

@@ -2,7 +2,7 @@
 //! unknown fields, and every error names the file, the field and the reason.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -26,9 +26,9 @@ pub struct Config {
     /// Trust for upstream servers.
     #[serde(default)]
     pub upstream_tls: UpstreamTlsConfig,
-    /// Host names pinned to addresses, consulted before DNS.
+    /// Host names pinned to an address or a list of them, consulted before DNS.
     #[serde(default)]
-    pub resolve: BTreeMap<String, IpAddr>,
+    pub resolve: BTreeMap<String, lanyard_proxy::config::Pinned>,
     /// Named credential providers that endpoints refer to.
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,

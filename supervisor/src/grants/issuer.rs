@@ -93,7 +93,7 @@ pub struct Issued {
 #[derive(Debug, Clone)]
 pub struct IssuerClient {
     tls: Arc<rustls::ClientConfig>,
-    resolve: Arc<std::collections::HashMap<lanyard_proxy::parse::Host, IpAddr>>,
+    resolve: Arc<std::collections::HashMap<lanyard_proxy::parse::Host, Vec<IpAddr>>>,
 }
 
 #[derive(Deserialize)]
@@ -114,7 +114,7 @@ impl IssuerClient {
     /// and resolves pinned names (`resolve:` in the config) before DNS.
     pub fn new(
         tls: Arc<rustls::ClientConfig>,
-        resolve: std::collections::HashMap<lanyard_proxy::parse::Host, IpAddr>,
+        resolve: std::collections::HashMap<lanyard_proxy::parse::Host, Vec<IpAddr>>,
     ) -> Self {
         Self {
             tls,
@@ -152,34 +152,20 @@ impl IssuerClient {
     ) -> Result<Issued, String> {
         let at = |what: String| format!("token endpoint {}: {what}", ep.text);
         let host = lanyard_proxy::parse::Host::parse(&ep.host).map_err(at)?;
-        let addrs: Vec<std::net::SocketAddr> =
-            lanyard_proxy::resolve::resolve(&self.resolve, &host, ep.port, limits.connect_timeout)
-                .await
-                .map_err(|e| at(e.to_string()))?
-                .addrs
-                .into_iter()
-                .map(|ip| std::net::SocketAddr::new(ip, ep.port))
-                .collect();
-        if !ep.tls && addrs.iter().any(|a| !a.ip().is_loopback()) {
+        // DNS and every connection attempt share one deadline.
+        let deadline = tokio::time::Instant::now() + limits.connect_timeout;
+        let addrs = lanyard_proxy::resolve::resolve(&self.resolve, &host, ep.port, deadline)
+            .await
+            .map_err(|e| at(e.to_string()))?
+            .addrs;
+        if !ep.tls && addrs.iter().any(|a| !a.is_loopback()) {
             return Err(at(
                 "resolves to a non-loopback address; plain http refused".into()
             ));
         }
-        let mut last = String::from("no addresses");
-        let mut tcp = None;
-        for addr in addrs {
-            match tokio::time::timeout(limits.connect_timeout, tokio::net::TcpStream::connect(addr))
-                .await
-            {
-                Ok(Ok(s)) => {
-                    tcp = Some(s);
-                    break;
-                }
-                Ok(Err(e)) => last = format!("connect {addr}: {e}"),
-                Err(_) => last = format!("connect {addr}: timed out"),
-            }
-        }
-        let tcp = tcp.ok_or_else(|| at(last))?;
+        let (tcp, _) = lanyard_proxy::resolve::connect(&addrs, ep.port, deadline)
+            .await
+            .map_err(|e| at(format!("connect: {e}")))?;
         let _ = tcp.set_nodelay(true);
         let req = Request::post(ep.uri.path_and_query().map_or("/", |p| p.as_str()))
             .header(
