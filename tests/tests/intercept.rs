@@ -652,3 +652,41 @@ async fn h2_streams_to_an_h1_upstream_run_side_by_side() {
     );
     drop(held);
 }
+
+/// One HTTP/2 agent connection cannot open streams without bound (each one
+/// held open pins buffers on both sides): the 101st waits until one of the
+/// first 100 ends.
+#[tokio::test]
+async fn h2_agents_get_at_most_100_streams_at_once() {
+    let w = World::new();
+    let (up, p) = alpha(&w, &[H2]).await;
+    let auth = format!("alpha.test:{}", up.addr.port());
+    let tls = intercepted(&p, &auth, "alpha.test", &[H2]).await;
+    let c = Client::new(tls, true).await;
+    let Client::H2(sender) = c else {
+        panic!("not h2")
+    };
+    let hold = || {
+        let mut s = sender.clone();
+        let uri = format!("https://{auth}/api/hold");
+        async move {
+            s.ready().await.unwrap();
+            s.send_request(Request::get(uri).body(Full::new(Bytes::new())).unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(hold().await);
+    }
+    let mut extra = tokio::spawn(hold());
+    let early = tokio::time::timeout(std::time::Duration::from_millis(300), &mut extra).await;
+    assert!(early.is_err(), "a 101st stream was opened");
+    drop(held.pop());
+    let r = tokio::time::timeout(std::time::Duration::from_secs(10), extra)
+        .await
+        .expect("the 101st stream never started after one ended")
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
