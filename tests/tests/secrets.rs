@@ -195,7 +195,37 @@ async fn token_never_reaches_logs_or_error_bodies() {
         "no SVID reached the issuer, so the log check below proves nothing"
     );
 
+    // Agent-supplied text cannot forge log fields: a Host header and a path
+    // written to look like `status=200 endpoint="alpha"` stay inside one
+    // quoted, escaped field value.
+    let g = start(&w.alpha_yaml(tls_up.addr.port(), ""), w.dir.path()).await;
+    let auth = format!("alpha.test:{}", tls_up.addr.port());
+    let tls = intercepted(&g, &auth, "alpha.test", &[b"http/1.1"]).await;
+    let mut c = Client::new(tls, false).await;
+    let forged = "x status=200 endpoint=\"forged\"";
+    let r = c
+        .send(
+            Request::get("/p%20status=200%20endpoint=%22forged%22")
+                .header("host", forged)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    g.shutdown().await;
+
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("forged"),
+        "the forged request was not logged at all"
+    );
+    assert!(
+        !text.contains("endpoint=\"forged\""),
+        "agent-supplied text forged a log field: {}",
+        text.lines()
+            .find(|l| l.contains("forged"))
+            .unwrap_or_default()
+    );
     assert!(text.contains("request"), "no request logs captured at all");
     assert!(
         text.lines().count() > 50,
