@@ -279,19 +279,33 @@ async fn max_connections_queues_clients_instead_of_refusing_them() {
     let (first, r) = connect(p.addr, &auth).await;
     assert_eq!(r.status, 200);
     // The second is accepted by the kernel but not served while the slot is taken.
-    let mut second = TcpStream::connect(p.addr).await.unwrap();
-    second
-        .write_all(format!("CONNECT {auth} HTTP/1.1\r\nHost: {auth}\r\n\r\n").as_bytes())
+    let second = queued_connect(p.addr, &auth, "an open tunnel").await;
+    // As soon as the first leaves, the second is served.
+    drop(first);
+    served(second).await;
+}
+
+/// A CONNECT sent while every connection slot is taken: the kernel accepts
+/// it, Lanyard must not serve it (checked for 300 ms).
+async fn queued_connect(proxy: std::net::SocketAddr, auth: &str, holder: &str) -> TcpStream {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(format!("CONNECT {auth} HTTP/1.1\r\nHost: {auth}\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut byte = [0u8; 1];
-    let early = tokio::time::timeout(Duration::from_millis(300), second.read(&mut byte)).await;
-    assert!(early.is_err(), "served beyond max_connections");
-    // As soon as the first leaves, the second is served.
-    drop(first);
-    let r = tokio::time::timeout(Duration::from_secs(10), read_response(&mut second))
+    let early = tokio::time::timeout(Duration::from_millis(300), s.read(&mut byte)).await;
+    assert!(
+        early.is_err(),
+        "served beyond max_connections while {holder} held the slot"
+    );
+    s
+}
+
+/// The queued CONNECT is answered once the slot frees.
+async fn served(mut s: TcpStream) {
+    let r = tokio::time::timeout(Duration::from_secs(10), read_response(&mut s))
         .await
-        .expect("queued client never served");
+        .expect("queued client never served after the slot was freed");
     assert_eq!(r.status, 200);
 }
 
@@ -325,22 +339,9 @@ async fn upgrades_keep_their_connection_slot() {
     ws.read_exact(&mut back).await.unwrap();
     assert_eq!(&back, b"still here");
     // The websocket holds the only slot: a second client is not served.
-    let mut second = TcpStream::connect(p.addr).await.unwrap();
-    second
-        .write_all(format!("CONNECT {auth} HTTP/1.1\r\nHost: {auth}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut byte = [0u8; 1];
-    let early = tokio::time::timeout(Duration::from_millis(300), second.read(&mut byte)).await;
-    assert!(
-        early.is_err(),
-        "served beyond max_connections while a websocket was open"
-    );
+    let second = queued_connect(p.addr, &auth, "a websocket").await;
     drop(ws);
-    let r = tokio::time::timeout(Duration::from_secs(10), read_response(&mut second))
-        .await
-        .expect("queued client never served after the websocket closed");
-    assert_eq!(r.status, 200);
+    served(second).await;
 }
 
 /// A deny rule on an address holds however the address is spelled (decimal,

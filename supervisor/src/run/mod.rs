@@ -6,7 +6,8 @@
 //! creates the network and PID namespaces, and starts the launcher (init of
 //! the PID namespace) from a thread that lives as long as Lanyard, so the
 //! launcher's parent-death signal fires only when Lanyard is gone. Stop
-//! signals (TERM, INT, HUP, QUIT) and USR1/USR2 are forwarded; every other
+//! signals (TERM, INT, HUP, QUIT), USR1/USR2 and WINCH are forwarded (or
+//! WINCH resizes the pty); every other
 //! signal whose default would kill Lanyard instead kills the sandbox and then
 //! exits cleanly. Lanyard exits with the agent's status (128+signal when it
 //! was killed) after draining in-flight requests.
@@ -37,15 +38,6 @@ pub mod uid;
 /// scratch mount point, root-only.
 pub const STATE_DIR: &str = "/run/lanyard";
 
-/// Signals passed on to the agent.
-const FORWARD: &[Signal] = &[
-    Signal::SIGHUP,
-    Signal::SIGINT,
-    Signal::SIGQUIT,
-    Signal::SIGTERM,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-];
 /// Forwarded signals after which the agent gets `agent.kill_after` to exit.
 const STOPPING: &[Signal] = &[Signal::SIGINT, Signal::SIGQUIT, Signal::SIGTERM];
 /// Signals whose default action would end Lanyard and orphan the sandbox:
@@ -291,9 +283,10 @@ struct Signals {
 impl Signals {
     fn new() -> Result<Self, String> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut all: Vec<i32> = [Signal::SIGCHLD, Signal::SIGWINCH]
+        // What init forwards (SIGWINCH included: it resizes the pty when there is one).
+        let mut all: Vec<i32> = [Signal::SIGCHLD]
             .iter()
-            .chain(FORWARD)
+            .chain(launch::FORWARDED)
             .chain(FATAL)
             .map(|s| *s as i32)
             .collect();
