@@ -24,7 +24,7 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -69,7 +69,8 @@ impl Upstream {
             shared.upstream_tls.h1_only()
         };
         let limits = &shared.settings.config.limits;
-        let mut b = Client::builder(TokioExecutor::new());
+        // Connection tasks log inside the tunnel's span (peer, destination).
+        let mut b = Client::builder(crate::io::SpanExecutor(tracing::Span::current()));
         b.timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(limits.idle_timeout)
