@@ -43,6 +43,9 @@ pub enum Command {
         #[arg(last = true, required = true)]
         command: Vec<std::ffi::OsString>,
     },
+    /// Install the pod's redirection rules for transparent interception
+    /// (nftables, one `table inet lanyard`); the init container's job.
+    Init(crate::netinit::InitArgs),
     /// Development tools. Never for production.
     #[command(subcommand)]
     Dev(DevCommand),
@@ -85,6 +88,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Proxy { config } => block_on(proxy(config)),
         Command::Run { config, command } => block_on(crate::run::run(&config, command)),
         Command::AgentExec(args) => crate::run::launch::exec(&args),
+        Command::Init(args) => crate::netinit::run(&args),
         Command::Dev(DevCommand::WorkloadApi {
             socket,
             spiffe_id,

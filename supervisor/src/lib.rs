@@ -15,6 +15,7 @@ pub mod dev;
 pub mod grants;
 pub mod identity;
 pub mod logging;
+pub mod netinit;
 pub mod paths;
 pub mod run;
 
