@@ -45,8 +45,17 @@ pub(crate) fn http1_server(limits: &LimitsConfig) -> http1::Builder {
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
+    transparent: Vec<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> usize {
+    // Connections redirected here, and the addresses that mean "Lanyard
+    // itself" to the loop check.
+    let own: Arc<Vec<SocketAddr>> = Arc::new(
+        std::iter::once(&listener)
+            .chain(&transparent)
+            .filter_map(|l| l.local_addr().ok())
+            .collect(),
+    );
     let limits = &shared.settings.config.limits;
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
@@ -57,32 +66,83 @@ pub(crate) async fn serve(
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             () = &mut shutdown => break,
         };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly rather than spin.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let (accepted, redirected) = tokio::select! {
+            r = listener.accept() => (r, false),
+            r = accept_any(&transparent) => (r, true),
             () = &mut shutdown => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly rather than spin.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let conn_shared = shared.clone();
-        let span = info_span!("conn", %peer);
-        shared.drain.spawn(move |watch| {
-            serve_conn(conn_shared, stream, peer, permit, watch).instrument(span)
-        });
+        if redirected {
+            let span = info_span!("transparent", %peer);
+            let own = own.clone();
+            shared.drain.spawn(move |watch| {
+                crate::transparent::serve(conn_shared, stream, permit, watch, own).instrument(span)
+            });
+        } else {
+            let span = info_span!("conn", %peer);
+            shared.drain.spawn(move |watch| {
+                serve_conn(conn_shared, stream, peer, permit, watch).instrument(span)
+            });
+        }
     }
     drop(listener);
+    drop(transparent);
     info!("shutting down: draining connections");
     let left = shared.drain.shutdown(limits.drain_timeout).await;
     if left > 0 {
         warn!(connections = left, "drain deadline passed; connections cut");
     }
     left
+}
+
+/// A transparently redirected origin-form request in the absolute form the
+/// plain path takes: `http://` + its Host (with the dialled port when the
+/// Host names none) + its path.
+fn absolute_from_host(
+    mut req: Request<Incoming>,
+    port: u16,
+) -> Result<Request<Incoming>, ProxyError> {
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .ok_or_else(|| ProxyError::BadRequest("a redirected request needs a Host header".into()))?;
+    let target = Target::parse_authority(host, Some(port))
+        .map_err(|e| ProxyError::BadRequest(format!("Host header: {e}")))?;
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let uri: http::Uri = format!("http://{target}{pq}")
+        .parse()
+        .map_err(|e| ProxyError::BadRequest(format!("cannot form the request target: {e}")))?;
+    *req.uri_mut() = uri;
+    Ok(req)
+}
+
+/// The next connection on any of `listeners` (never, when there are none).
+async fn accept_any(
+    listeners: &[TcpListener],
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    if listeners.is_empty() {
+        return std::future::pending().await;
+    }
+    std::future::poll_fn(|cx| {
+        for l in listeners {
+            if let std::task::Poll::Ready(r) = l.poll_accept(cx) {
+                return std::task::Poll::Ready(r);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// A client connection's place under `limits.max_connections`, held by
@@ -99,6 +159,9 @@ pub(crate) struct Front {
     /// Upstream for plain `http://` forwarding, reused while the client keeps
     /// asking for the same destination.
     pub(crate) plain: Mutex<Option<(Target, SocketAddr, Sender)>>,
+    /// A transparently redirected plain-HTTP connection: its origin-form
+    /// requests name their host in `Host`; this is the port the agent dialled.
+    transparent_port: Option<u16>,
 }
 
 async fn serve_conn(
@@ -106,14 +169,28 @@ async fn serve_conn(
     stream: TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
+    watch: DrainWatch,
+) {
+    serve_http1(shared, stream, peer, Arc::new(permit), watch, None).await;
+}
+
+/// The HTTP/1.1 front end on one client connection: explicit-proxy requests,
+/// or (with `transparent_port`) a redirected plain-HTTP connection.
+pub(crate) async fn serve_http1(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: ConnPermit,
     mut watch: DrainWatch,
+    transparent_port: Option<u16>,
 ) {
     let limits = &shared.settings.config.limits;
     let io = TokioIo::new(IdleIo::new(stream, limits.idle_timeout));
     let front = Arc::new(Front {
         shared: shared.clone(),
-        permit: Arc::new(permit),
+        permit,
         plain: Mutex::new(None),
+        transparent_port,
     });
     let svc = service_fn(move |req| {
         let f = front.clone();
@@ -142,6 +219,13 @@ impl Front {
             info!(status = e.status().as_u16(), error = %e, "request refused");
             return e.to_response().map(Either::Right);
         }
+        if req.method() == Method::CONNECT && self.transparent_port.is_some() {
+            let e = ProxyError::BadRequest(
+                "CONNECT on a redirected connection: the agent already chose its destination"
+                    .into(),
+            );
+            return e.to_response().map(Either::Right);
+        }
         if req.method() == Method::CONNECT {
             return match self.connect(req).await {
                 Ok(r) => r,
@@ -157,6 +241,11 @@ impl Front {
         let path = inject::log_path(req.uri().path_and_query()).to_owned();
         let result = if req.uri().scheme().is_some() {
             plain::forward(self, req).await
+        } else if let Some(port) = self.transparent_port {
+            match absolute_from_host(req, port) {
+                Ok(req) => plain::forward(self, req).await,
+                Err(e) => Err(e),
+            }
         } else {
             Err(ProxyError::BadRequest(
                 "Lanyard is a forward proxy: send absolute-form requests (http://host/path) or CONNECT host:port".into(),
@@ -212,7 +301,15 @@ impl Front {
                     Err(e) => return debug!(error = %e, "CONNECT upgrade failed"),
                 };
                 if plan == ConnectPlan::Intercept {
-                    intercept::run(task_shared, client, target, dialed, watch, permit).await;
+                    intercept::run(
+                        task_shared,
+                        TokioIo::new(client),
+                        target,
+                        dialed,
+                        watch,
+                        permit,
+                    )
+                    .await;
                 } else {
                     let _permit = permit;
                     tunnel(client, dialed).await;

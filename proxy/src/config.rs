@@ -34,6 +34,20 @@ pub struct ProxyConfig {
     /// Resource limits and timeouts.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Transparent interception (a pod sidecar behind `lanyard init`'s
+    /// redirect rules): connections the kernel redirected here are routed by
+    /// their original destination, TLS SNI or Host header.
+    #[serde(default)]
+    pub transparent: Option<TransparentConfig>,
+}
+
+/// `transparent`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransparentConfig {
+    /// Where redirected connections arrive (`"[::]:15001"` also binds
+    /// `0.0.0.0:15001`, so both families keep their original destination).
+    pub listen: SocketAddr,
 }
 
 /// The sandbox CA.

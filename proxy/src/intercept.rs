@@ -10,7 +10,6 @@ use http::{Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::time::{Instant, timeout};
 use tokio_rustls::LazyConfigAcceptor;
@@ -39,19 +38,21 @@ struct Tunnel {
     permit: ConnPermit,
 }
 
-/// Runs an interception on `client` (the upgraded CONNECT stream) towards
+/// Runs an interception on `client` (the upgraded CONNECT stream, or a
+/// transparently redirected connection) towards
 /// `dialed` (the TCP connection Lanyard opened to `target`).
-pub(crate) async fn run(
+pub(crate) async fn run<IO>(
     shared: Arc<Shared>,
-    client: Upgraded,
+    client: IO,
     target: Target,
     dialed: Dialed,
     mut watch: DrainWatch,
     permit: ConnPermit,
-) {
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let hs = shared.settings.config.limits.tls_handshake_timeout;
-    let acceptor =
-        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(client));
+    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client);
     let start = match timeout(hs, acceptor).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return debug!(error = %e, "client sent no usable TLS ClientHello"),

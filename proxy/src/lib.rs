@@ -29,6 +29,7 @@ pub mod secret;
 pub mod settings;
 pub mod source;
 pub mod tls;
+mod transparent;
 mod upstream;
 
 pub use ca::{CertCache, SandboxCa, TrustFiles};
@@ -71,6 +72,7 @@ pub enum StartError {
 pub struct Proxy {
     shared: Arc<Shared>,
     listener: TcpListener,
+    transparent: Vec<TcpListener>,
     trust: TrustFiles,
     ca_pem: String,
 }
@@ -95,7 +97,16 @@ impl Proxy {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
-        Self::with_listener(settings, sources, listener)
+        let transparent = match &settings.config.transparent {
+            Some(t) => transparent::bind(t.listen).map_err(|source| StartError::Bind {
+                addr: t.listen,
+                source,
+            })?,
+            None => Vec::new(),
+        };
+        let mut proxy = Self::with_listener(settings, sources, listener)?;
+        proxy.transparent = transparent;
+        Ok(proxy)
     }
 
     /// Like [`Proxy::bind`] on a listener bound by the caller (for example
@@ -149,6 +160,7 @@ impl Proxy {
                 drain: io::Drain::default(),
             }),
             listener,
+            transparent: Vec::new(),
             trust,
             ca_pem,
         })
@@ -157,6 +169,14 @@ impl Proxy {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The transparent listeners' addresses (empty without `transparent`).
+    pub fn transparent_addrs(&self) -> Vec<SocketAddr> {
+        self.transparent
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// Where `ca.pem` and `bundle.pem` were written.
@@ -173,6 +193,6 @@ impl Proxy {
     /// requests finish within `limits.drain_timeout` and cuts the rest.
     /// Returns how many connections were cut.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> usize {
-        accept::serve(self.shared, self.listener, shutdown).await
+        accept::serve(self.shared, self.listener, self.transparent, shutdown).await
     }
 }

@@ -180,6 +180,9 @@ async fn proxy(file: PathBuf) -> Result<(), Error> {
     // One machine-readable line on stdout, so scripts and tests can use port 0.
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "listening on {addr}");
+    for t in proxy.transparent_addrs() {
+        let _ = writeln!(out, "transparent on {t}");
+    }
     let _ = out.flush();
     drop(out);
     proxy.serve(shutdown_signal()).await;

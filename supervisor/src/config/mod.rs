@@ -41,6 +41,10 @@ pub struct Config {
     /// Limits and timeouts.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Transparent interception (`{ listen: "[::]:15001" }`), for a pod sidecar
+    /// behind `lanyard init`'s redirect rules.
+    #[serde(default)]
+    pub transparent: Option<lanyard_proxy::config::TransparentConfig>,
     /// Where the SPIFFE Workload API is.
     #[serde(default)]
     pub spiffe: SpiffeConfig,
@@ -544,6 +548,7 @@ impl Config {
             endpoints: self.endpoints,
             egress: self.egress,
             limits: self.limits,
+            transparent: self.transparent,
         };
         let settings =
             Settings::build(proxy, &names).map_err(|e| ConfigFileError::from_field(path, e))?;

@@ -67,6 +67,11 @@ pub async fn run(file: &Path, command: Vec<OsString>) -> Result<i32, Error> {
         })
     };
     let plan = plan::plan(&v, file)?;
+    if v.settings.config.transparent.is_some() {
+        tracing::warn!(
+            "transparent: is for a pod sidecar behind `lanyard init`; lanyard run ignores it (its agent has no route but the proxy)"
+        );
+    }
     let full = v.isolation == Isolation::Full;
     let root = nix::unistd::Uid::effective().is_root();
     if full {

@@ -1,0 +1,273 @@
+//! A pod's network path, without a cluster: network namespace A is the pod
+//! (the agent and Lanyard share it, as containers in a pod do), B holds the
+//! upstreams on documentation addresses, joined by a veth pair. The real
+//! `lanyard init` installs the redirect rules in A, the real `lanyard proxy`
+//! runs there as its own uid with a transparent listener, and the agent, as
+//! another uid with no proxy settings at all, uses plain curl.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "integration tests: a panic is a failed assertion"
+)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+const LANYARD: &str = env!("CARGO_BIN_EXE_lanyard");
+const PROXY_UID: u32 = 64011;
+const AGENT_UID: u32 = 64012;
+const TOKEN: &str = "transparent-test-token-5c1e";
+
+fn sh(cmd: &str) -> Output {
+    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Two namespaces and a veth between them; removed on drop.
+struct Pod {
+    a: String,
+    b: String,
+    procs: Vec<Child>,
+}
+
+impl Pod {
+    fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        let (a, b) = (format!("lyd-a-{id}"), format!("lyd-b-{id}"));
+        sh(&format!(
+            "ip netns add {a} && ip netns add {b} && \
+             ip link add va-{id} type veth peer name vb-{id} && \
+             ip link set va-{id} netns {a} && ip link set vb-{id} netns {b} && \
+             ip -n {a} link set lo up && ip -n {b} link set lo up && \
+             ip -n {a} addr add 192.0.2.2/24 dev va-{id} && ip -n {a} -6 addr add 2001:db8::2/64 dev va-{id} nodad && \
+             ip -n {b} addr add 192.0.2.10/24 dev vb-{id} && ip -n {b} addr add 192.0.2.11/24 dev vb-{id} && \
+             ip -n {b} -6 addr add 2001:db8::10/64 dev vb-{id} nodad && ip -n {b} -6 addr add 2001:db8::11/64 dev vb-{id} nodad && \
+             ip -n {a} link set va-{id} up && ip -n {b} link set vb-{id} up && \
+             ip -n {a} route add default dev va-{id} && ip -n {a} -6 route add default dev va-{id}"
+        ));
+        Self {
+            a,
+            b,
+            procs: Vec::new(),
+        }
+    }
+
+    /// Runs `args` in the pod as `uid`.
+    fn in_pod(&self, uid: u32, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.a, "setpriv"])
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .args(["--clear-groups", "--"])
+            .args(args)
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("ALL_PROXY");
+        c
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.a]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.b]).status();
+    }
+}
+
+/// Serves the echo upstream `name` (an alpha.test certificate from `pki`) on
+/// `addr` inside namespace `ns`, from a thread that joined it.
+fn upstream_in(ns: &str, addr: &str, name: &'static str, pki: &lanyard_examples::pki::Pki) {
+    let tls = pki
+        .leaf(&["alpha.test"])
+        .unwrap()
+        .server_config(&[b"http/1.1"])
+        .unwrap();
+    let ns_file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let up = lanyard_examples::echo::start(addr, name, Some(tls))
+                .await
+                .unwrap();
+            tx.send(up.addr).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().unwrap();
+}
+
+#[test]
+fn the_agent_gets_its_token_without_knowing_there_is_a_proxy() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test creates network namespaces: run it as root (CI does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut pod = Pod::new();
+
+    // The real alpha (trusted by Lanyard), and an impostor with a certificate
+    // for the same name from another CA, at an address the agent may choose.
+    let alpha_ca = lanyard_examples::pki::Pki::new("alpha CA").unwrap();
+    let impostor_ca = lanyard_examples::pki::Pki::new("impostor CA").unwrap();
+    upstream_in(&pod.b, "192.0.2.10:443", "alpha", &alpha_ca);
+    upstream_in(&pod.b, "192.0.2.11:443", "impostor", &impostor_ca);
+    let trust = dir.path().join("alpha-ca.pem");
+    alpha_ca.write_ca(&trust).unwrap();
+
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    std::fs::write(secrets.join("token"), TOKEN).unwrap();
+    let ca = dir.path().join("ca");
+    std::fs::create_dir(&ca).unwrap();
+    for p in [&secrets, &secrets.join("token"), &ca] {
+        nix::unistd::chown(p.as_path(), Some(PROXY_UID.into()), Some(PROXY_UID.into())).unwrap();
+    }
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let cfg = dir.path().join("lanyard.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:0\ntransparent: {{ listen: \"[::]:15001\" }}\nca: {{ dir: {ca} }}\nupstream_tls: {{ extra_ca_files: [{trust}] }}\nresolve: {{ alpha.test: 192.0.2.10 }}\nproviders:\n  s: {{ static: {{ token_file: {tok} }} }}\nendpoints:\n  - {{ name: alpha, host: alpha.test, port: 443, provider: s }}\negress: {{ default: deny }}\n",
+            ca = ca.display(),
+            trust = trust.display(),
+            tok = secrets.join("token").display(),
+        ),
+    )
+    .unwrap();
+
+    sh(&format!(
+        "ip netns exec {} {LANYARD} init --proxy-uid {PROXY_UID} --agent-uid {AGENT_UID} --dns 192.0.2.53",
+        pod.a
+    ));
+    let mut proxy = pod
+        .in_pod(
+            PROXY_UID,
+            &[LANYARD, "proxy", "--config", cfg.to_str().unwrap()],
+        )
+        .env("LANYARD_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(proxy.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    while seen
+        .iter()
+        .filter(|l: &&String| l.starts_with("transparent on"))
+        .count()
+        < 2
+    {
+        let mut l = String::new();
+        assert!(
+            out.read_line(&mut l).unwrap() > 0,
+            "lanyard proxy exited: {seen:?}"
+        );
+        seen.push(l.trim().to_owned());
+    }
+    let stderr = proxy.stderr.take().unwrap();
+    pod.procs.push(proxy);
+
+    let curl = |extra: &[&str]| -> (bool, String) {
+        let mut args = vec!["curl", "-sS", "--max-time", "10", "--cacert"];
+        let ca_pem = ca.join("ca.pem");
+        let ca_pem = ca_pem.to_str().unwrap().to_owned();
+        args.push(&ca_pem);
+        args.extend_from_slice(extra);
+        let o = pod.in_pod(AGENT_UID, &args).output().unwrap();
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    };
+    let bearer = format!("authorization: Bearer {TOKEN}");
+
+    // The agent dials alpha's real address: intercepted, injected.
+    let (ok, body) = curl(&[
+        "--resolve",
+        "alpha.test:443:192.0.2.10",
+        "https://alpha.test/x",
+    ]);
+    assert!(
+        ok && body.contains("name: alpha") && body.contains(&bearer),
+        "{body}"
+    );
+    // The agent points alpha.test at the impostor: Lanyard dials the name as
+    // it resolves it, so the token still goes to the real alpha only.
+    let (ok, body) = curl(&[
+        "--resolve",
+        "alpha.test:443:192.0.2.11",
+        "https://alpha.test/y",
+    ]);
+    assert!(
+        ok && body.contains("name: alpha") && body.contains(&bearer),
+        "{body}"
+    );
+    assert!(!body.contains("impostor"), "{body}");
+    // The same over IPv6: the original destination is read for that family too.
+    let (ok, body) = curl(&[
+        "--resolve",
+        "alpha.test:443:[2001:db8::11]",
+        "https://alpha.test/z",
+    ]);
+    assert!(
+        ok && body.contains("name: alpha") && body.contains(&bearer),
+        "{body}"
+    );
+    // No name (TLS to an address): nothing to inject, egress default deny refuses.
+    let (ok, body) = curl(&["-k", "https://192.0.2.11/"]);
+    assert!(!ok, "an unmatched destination got through: {body}");
+    // Plain HTTP is routed by Host; unmatched here, so refused by egress.
+    let (ok, body) = curl(&[
+        "--resolve",
+        "alpha.test:80:192.0.2.10",
+        "http://alpha.test/",
+    ]);
+    assert!(ok && body.contains("denied"), "{body}");
+    // The agent cannot undo the redirection.
+    let o = pod
+        .in_pod(AGENT_UID, &["nft", "flush", "ruleset"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "the agent flushed the rules");
+
+    let mut proxy = pod.procs.pop().unwrap();
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut log).unwrap();
+    assert!(
+        log.contains("original_dst_mismatch=true") && log.contains("original_dst_mismatch=false"),
+        "the log does not say when the agent's address was not the endpoint's: {log}"
+    );
+    assert!(!log.contains(TOKEN), "the token reached the log");
+}
