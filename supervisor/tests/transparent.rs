@@ -253,6 +253,38 @@ fn the_agent_gets_its_token_without_knowing_there_is_a_proxy() {
         "http://alpha.test/",
     ]);
     assert!(ok && body.contains("denied"), "{body}");
+    // HTTP/2 through the same path.
+    let (ok, body) = curl(&[
+        "--http2",
+        "--resolve",
+        "alpha.test:443:192.0.2.10",
+        "https://alpha.test/h2",
+    ]);
+    assert!(ok && body.contains(&bearer), "{body}");
+    // Another client stack (Python's urllib over OpenSSL), no proxy settings
+    // either; the pod has no DNS, so the script maps alpha.test itself.
+    let py = format!(
+        "import socket,ssl,urllib.request; g=socket.getaddrinfo; socket.getaddrinfo=lambda h,*a,**k: g('192.0.2.10' if h=='alpha.test' else h,*a,**k); c=ssl.create_default_context(cafile='{}'); print(urllib.request.urlopen('https://alpha.test/py', context=c, timeout=10).read().decode())",
+        ca.join("ca.pem").display()
+    );
+    let o = pod
+        .in_pod(AGENT_UID, &["/usr/bin/python3", "-c", &py])
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        body.contains(&bearer),
+        "{body}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // A connection straight to the transparent port was not redirected: no
+    // original destination, so it is refused, not served.
+    let (ok, body) = curl(&["http://127.0.0.1:15001/"]);
+    assert!(
+        !ok,
+        "a direct connection to the transparent port was served: {body}"
+    );
     // The agent cannot undo the redirection.
     let o = pod
         .in_pod(AGENT_UID, &["nft", "flush", "ruleset"])
