@@ -18,6 +18,8 @@ use std::io::Write as _;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
+use lanyard_proxy::parse::Cidr;
+
 /// The table every rule lives in.
 pub const TABLE: &str = "lanyard";
 
@@ -52,53 +54,6 @@ pub struct InitArgs {
     /// Remove the ruleset.
     #[arg(long)]
     pub cleanup: bool,
-}
-
-/// A CIDR block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr(pub IpAddr, pub u8);
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.0, self.1)
-    }
-}
-
-/// Parses `192.0.2.0/24`, `2001:db8::/32` or a bare address.
-pub fn parse_cidr(raw: &str) -> Result<Cidr, String> {
-    let (ip, bits) = match raw.split_once('/') {
-        Some((ip, bits)) => (ip, Some(bits)),
-        None => (raw, None),
-    };
-    let ip: IpAddr = ip
-        .parse()
-        .map_err(|_| format!("'{raw}': '{ip}' is not an IP address"))?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let bits = match bits {
-        None => max,
-        Some(b) => b
-            .parse::<u8>()
-            .ok()
-            .filter(|b| *b <= max)
-            .ok_or_else(|| format!("'{raw}': the prefix length must be 0 to {max}"))?,
-    };
-    // nftables refuses a block with host bits set; say so here, by name.
-    let masked = match ip {
-        IpAddr::V4(v4) => {
-            let m = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
-            IpAddr::from((u32::from(v4) & m).to_be_bytes())
-        }
-        IpAddr::V6(v6) => {
-            let m = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
-            IpAddr::from((u128::from(v6) & m).to_be_bytes())
-        }
-    };
-    if masked != ip {
-        return Err(format!(
-            "'{raw}' has host bits set; did you mean {masked}/{bits}?"
-        ));
-    }
-    Ok(Cidr(ip, bits))
 }
 
 /// Everything the ruleset depends on, validated.
@@ -138,7 +93,7 @@ impl Rules {
         let exclude = a
             .exclude_cidrs
             .iter()
-            .map(|c| parse_cidr(c).map_err(|e| format!("--exclude-cidr: {e}")))
+            .map(|c| Cidr::parse(c).map_err(|e| format!("--exclude-cidr: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
         if a.exclude_ports.contains(&0) {
             return Err("--exclude-port: 0 is not a port".into());
@@ -178,7 +133,7 @@ impl Rules {
             }
             s.push_str("\t}\n");
         };
-        let (v4, v6): (Vec<&Cidr>, Vec<&Cidr>) = self.exclude.iter().partition(|c| c.0.is_ipv4());
+        let (v4, v6): (Vec<&Cidr>, Vec<&Cidr>) = self.exclude.iter().partition(|c| c.net.is_ipv4());
         let (dns4, dns6): (Vec<&IpAddr>, Vec<&IpAddr>) =
             self.dns.iter().partition(|ip| ip.is_ipv4());
         // Creating first makes the delete valid on a fresh namespace: the
@@ -402,9 +357,5 @@ mod tests {
             let e = Rules::from_args(&a, resolv).unwrap_err();
             assert!(e.starts_with(flag), "{flag}: {e}");
         }
-        assert_eq!(
-            parse_cidr("192.0.2.7").unwrap(),
-            Cidr("192.0.2.7".parse().unwrap(), 32)
-        );
     }
 }

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use http::{HeaderName, HeaderValue, Method};
 
 use crate::config::{EgressConfig, EgressDefault, EndpointConfig, TlsMode};
-use crate::parse::{Host, Target, normalize_path, path_has_prefix};
+use crate::parse::{Cidr, Host, Target, normalize_path, path_has_prefix};
 use crate::settings::ConfigError;
 
 #[cfg(test)]
@@ -31,7 +31,7 @@ pub enum HostPattern {
     /// `192.0.2.0/24`, `2001:db8::/32`: any address in the block (egress
     /// patterns only); matched against literal hosts and, for deny rules,
     /// against every address a name resolves to.
-    Cidr(IpAddr, u8),
+    Cidr(Cidr),
 }
 
 impl HostPattern {
@@ -70,7 +70,7 @@ impl HostPattern {
                 .strip_suffix(suffix.as_str())
                 .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
             (HostPattern::Wildcard(_), Host::Ip(_)) => false,
-            (HostPattern::Cidr(net, bits), Host::Ip(ip)) => in_block(*ip, *net, *bits),
+            (HostPattern::Cidr(block), Host::Ip(ip)) => block.contains(*ip),
             (HostPattern::Cidr(..), Host::Name(_)) => false,
         }
     }
@@ -82,7 +82,7 @@ impl HostPattern {
             HostPattern::Exact(Host::Ip(_)) => (2, 0),
             HostPattern::Wildcard(s) => (1, s.split('.').count()),
             HostPattern::Any => (0, 0),
-            HostPattern::Cidr(_, bits) => (1, usize::from(*bits)),
+            HostPattern::Cidr(block) => (1, usize::from(block.bits)),
         }
     }
 }
@@ -335,7 +335,7 @@ impl EgressPattern {
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let host = if host.contains('/') {
-            parse_cidr(host)?
+            HostPattern::Cidr(Cidr::parse(host)?)
         } else {
             HostPattern::parse(host, true)?
         };
@@ -424,41 +424,6 @@ impl EgressPolicy {
             ),
         }
     }
-}
-
-/// Whether `ip` lies in `net/bits` (an IPv4-mapped IPv6 address counts as IPv4).
-fn in_block(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
-    match (ip, net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
-            u32::from(a) & mask == u32::from(n) & mask
-        }
-        (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
-            u128::from(a) & mask == u128::from(n) & mask
-        }
-        _ => false,
-    }
-}
-
-fn parse_cidr(raw: &str) -> Result<HostPattern, String> {
-    let (net, bits) = raw
-        .split_once('/')
-        .ok_or_else(|| format!("'{raw}' is not a CIDR block"))?;
-    let net: IpAddr = net
-        .parse()
-        .map_err(|_| format!("'{raw}': '{net}' is not an IP address"))?;
-    let max = if net.is_ipv4() { 32 } else { 128 };
-    let bits: u8 = bits
-        .parse()
-        .ok()
-        .filter(|b| *b <= max)
-        .ok_or_else(|| format!("'{raw}': the prefix length must be 0 to {max}"))?;
-    Ok(HostPattern::Cidr(net, bits))
 }
 
 /// Addresses an unmatched destination may not resolve to unless allowed:

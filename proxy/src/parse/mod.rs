@@ -141,6 +141,78 @@ impl fmt::Display for Host {
     }
 }
 
+/// An address block (`192.0.2.0/24`, `2001:db8::/32`; a bare address is a
+/// block of one). Host bits must be zero: `192.0.2.7/24` is refused rather
+/// than silently read as `192.0.2.0/24`, since nftables refuses it too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    /// The network address.
+    pub net: IpAddr,
+    /// Prefix length.
+    pub bits: u8,
+}
+
+impl Cidr {
+    /// Parses a block or a bare address.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let (ip, bits) = match raw.split_once('/') {
+            Some((ip, bits)) => (ip, Some(bits)),
+            None => (raw, None),
+        };
+        let net: IpAddr = ip
+            .parse()
+            .map_err(|_| format!("'{raw}': '{ip}' is not an IP address"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            None => max,
+            Some(b) => b
+                .parse::<u8>()
+                .ok()
+                .filter(|b| *b <= max)
+                .ok_or_else(|| format!("'{raw}': the prefix length must be 0 to {max}"))?,
+        };
+        let block = Cidr { net, bits };
+        let masked = block.mask(net);
+        if masked != net {
+            return Err(format!(
+                "'{raw}' has host bits set; did you mean {masked}/{bits}?"
+            ));
+        }
+        Ok(block)
+    }
+
+    /// `ip` with this block's host bits cleared.
+    fn mask(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(v4) => {
+                let m = u32::MAX.checked_shl(32 - u32::from(self.bits)).unwrap_or(0);
+                IpAddr::from((u32::from(v4) & m).to_be_bytes())
+            }
+            IpAddr::V6(v6) => {
+                let m = u128::MAX
+                    .checked_shl(128 - u32::from(self.bits))
+                    .unwrap_or(0);
+                IpAddr::from((u128::from(v6) & m).to_be_bytes())
+            }
+        }
+    }
+
+    /// Whether `ip` lies in the block (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        ip.is_ipv4() == self.net.is_ipv4() && self.mask(ip) == self.net
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.net, self.bits)
+    }
+}
+
 /// A canonical `host:port`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {

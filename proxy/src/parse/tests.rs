@@ -215,3 +215,32 @@ fn numeric_hosts_are_the_addresses_a_resolver_would_make_of_them() {
         Host::Name("123.example".into())
     );
 }
+
+#[test]
+fn cidr_blocks() {
+    let b = Cidr::parse("192.0.2.0/24").unwrap();
+    assert!(b.contains("192.0.2.77".parse().unwrap()));
+    assert!(
+        b.contains("::ffff:192.0.2.77".parse().unwrap()),
+        "v4-mapped counts as v4"
+    );
+    assert!(!b.contains("192.0.3.1".parse().unwrap()));
+    assert!(!b.contains("2001:db8::1".parse().unwrap()));
+    let six = Cidr::parse("2001:db8::/32").unwrap();
+    assert!(six.contains("2001:db8:ffff::1".parse().unwrap()));
+    assert_eq!(Cidr::parse("192.0.2.7").unwrap().bits, 32);
+    assert!(
+        Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("198.51.100.1".parse().unwrap())
+    );
+    for bad in [
+        "192.0.2.7/24",
+        "192.0.2.0/33",
+        "2001:db8::/129",
+        "nope/8",
+        "192.0.2.0/x",
+    ] {
+        assert!(Cidr::parse(bad).is_err(), "{bad:?} accepted");
+    }
+}
