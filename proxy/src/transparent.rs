@@ -204,11 +204,7 @@ pub(crate) async fn serve(
             return info!(error = %e, "refused: a connection to the transparent port that the kernel did not redirect");
         }
     };
-    let loops = own.iter().any(|l| {
-        l.port() == orig.port()
-            && (l.ip() == orig.ip() || l.ip().is_unspecified() || orig.ip().is_loopback())
-    });
-    if loops {
+    if loops_back(orig, &own) {
         return info!(%orig, "refused: the original destination is Lanyard itself");
     }
     let limit = shared.settings.config.limits.header_read_timeout;
@@ -240,6 +236,15 @@ pub(crate) async fn serve(
             blind_to_address(shared, stream, orig, permit).await;
         }
     }
+}
+
+/// Whether `orig` is Lanyard itself: one of its listeners' ports on loopback
+/// or on the listener's own address. Traffic to other local addresses leaves
+/// through `lo`, which the rules never redirect, so it cannot arrive here;
+/// the same port on a remote host is just another destination.
+fn loops_back(orig: SocketAddr, own: &[SocketAddr]) -> bool {
+    own.iter()
+        .any(|l| l.port() == orig.port() && (l.ip() == orig.ip() || orig.ip().is_loopback()))
 }
 
 /// Peeks until the first bytes can be classified.
@@ -365,6 +370,26 @@ mod tests {
         // Every prefix is "need more", never a wrong answer or a panic.
         for n in 0..h.len() {
             assert_eq!(peek_kind(&h[..n]), Peeked::NeedMore, "prefix of {n}");
+        }
+    }
+
+    #[test]
+    fn only_lanyard_itself_is_a_loop() {
+        let own: Vec<SocketAddr> = ["[::]:15001", "0.0.0.0:15001", "127.0.0.1:3128"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        for (orig, want) in [
+            ("127.0.0.1:15001", true),
+            ("[::1]:15001", true),
+            ("127.0.0.1:3128", true),
+            ("0.0.0.0:15001", true),
+            // A remote service that happens to use the same port is not Lanyard.
+            ("198.51.100.7:15001", false),
+            ("[2001:db8::7]:15001", false),
+            ("127.0.0.1:443", false),
+        ] {
+            assert_eq!(loops_back(orig.parse().unwrap(), &own), want, "{orig}");
         }
     }
 
