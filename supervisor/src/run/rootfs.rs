@@ -40,6 +40,11 @@ fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> String {
     move |e| format!("{what}: {e}")
 }
 
+/// A fresh tmpfs on `target`; `what` names it in the error.
+fn tmpfs(target: &Path, flags: MsFlags, options: &str, what: impl std::fmt::Display) -> R {
+    mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(options)).map_err(m(what))
+}
+
 /// `prefix` + absolute `path`.
 fn under(prefix: &Path, path: &Path) -> PathBuf {
     let mut out = prefix.to_path_buf();
@@ -67,14 +72,12 @@ pub fn setup(spec: &Mounts, pid_namespace: bool) -> R {
     )
     .map_err(m("make mounts private"))?;
     let scratch = &spec.scratch;
-    mount(
-        Some("tmpfs"),
+    tmpfs(
         scratch,
-        Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=0755"),
-    )
-    .map_err(m(format!("tmpfs on {}", scratch.display())))?;
+        "mode=0755",
+        format!("tmpfs on {}", scratch.display()),
+    )?;
     let empty = scratch.join(EMPTY);
     std::fs::write(&empty, b"").map_err(io("create the empty cover file"))?;
     std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o444))
@@ -87,14 +90,12 @@ pub fn setup(spec: &Mounts, pid_namespace: bool) -> R {
             let root = scratch.join("root");
             std::fs::create_dir(&root).map_err(io("create the new root"))?;
             // A mount of its own, so pivot_root accepts it and it can be made read-only.
-            mount(
-                Some("tmpfs"),
+            tmpfs(
                 &root,
-                Some("tmpfs"),
                 MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                Some("mode=0755"),
-            )
-            .map_err(m("tmpfs for the new root"))?;
+                "mode=0755",
+                "tmpfs for the new root",
+            )?;
             minimal(&root, read_only, writable)?;
             hide(&root, spec, &empty, false)?;
             if pid_namespace {
@@ -134,26 +135,22 @@ fn minimal(root: &Path, read_only: &[PathBuf], writable: &[PathBuf]) -> R {
 fn tmpfs_tmp(root: &Path) -> R {
     let tmp = root.join("tmp");
     std::fs::create_dir_all(&tmp).map_err(io("create /tmp"))?;
-    mount(
-        Some("tmpfs"),
+    tmpfs(
         &tmp,
-        Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
+        "mode=1777",
+        "private /tmp",
     )
-    .map_err(m("private /tmp"))
 }
 
 fn dev(dev: &Path) -> R {
     std::fs::create_dir_all(dev).map_err(io("create /dev"))?;
-    mount(
-        Some("tmpfs"),
+    tmpfs(
         dev,
-        Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("mode=0755"),
-    )
-    .map_err(m("tmpfs on /dev"))?;
+        "mode=0755",
+        "tmpfs on /dev",
+    )?;
     for n in DEVICES {
         let host = Path::new("/dev").join(n);
         if !host.exists() {
@@ -192,14 +189,12 @@ fn dev(dev: &Path) -> R {
     .map_err(m("devpts"))?;
     let shm = dev.join("shm");
     std::fs::create_dir(&shm).map_err(io("create /dev/shm"))?;
-    mount(
-        Some("tmpfs"),
+    tmpfs(
         &shm,
-        Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777"),
+        "mode=1777",
+        "/dev/shm",
     )
-    .map_err(m("/dev/shm"))
 }
 
 /// Binds host `path` at the same place under `root`. `optional` paths that do
@@ -295,14 +290,12 @@ fn hide(root: &Path, spec: &Mounts, empty: &Path, must_exist: bool) -> R {
             Err(_) if !must_exist => continue,
             Err(e) => return Err(format!("hide {}: {e}", d.display())),
         }
-        mount(
-            Some("tmpfs"),
+        tmpfs(
             &target,
-            Some("tmpfs"),
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            Some("size=4k,mode=0555"),
-        )
-        .map_err(m(format!("hide {}", d.display())))?;
+            "size=4k,mode=0555",
+            format!("hide {}", d.display()),
+        )?;
     }
     for f in &spec.hide_files {
         let target = under(root, f);
