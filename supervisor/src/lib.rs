@@ -73,7 +73,9 @@ pub fn start_providers(v: &Validated, file: &Path) -> Result<Providers, ConfigFi
             ),
             ProviderKind::TokenGrant(g) => {
                 if grant_shared.is_none() {
-                    let socket = paths::workload_endpoint(v.spiffe.endpoint_socket.as_deref())
+                    let socket = v
+                        .workload_endpoint
+                        .clone()
                         .map_err(|r| err("spiffe.endpoint_socket".into(), r))?
                         .ok_or_else(|| {
                             err(

@@ -410,6 +410,10 @@ pub struct Validated {
     pub agent: AgentConfig,
     /// Isolation mode.
     pub isolation: Isolation,
+    /// The Workload API address, resolved once (from `spiffe.endpoint_socket`
+    /// or `SPIFFE_ENDPOINT_SOCKET`): the client dials exactly what `lanyard
+    /// run` hides. An error is reported by whoever needs the address.
+    pub workload_endpoint: Result<Option<spiffe::transport::Endpoint>, String>,
 }
 
 /// A config error located in a file. Displayed as `FILE: FIELD: REASON`.
@@ -538,6 +542,8 @@ impl Config {
                 ));
             }
         }
+        let workload_endpoint =
+            crate::paths::workload_endpoint(self.spiffe.endpoint_socket.as_deref());
         let names: BTreeSet<String> = self.providers.keys().cloned().collect();
         let endpoints = self.endpoints.clone();
         let proxy = ProxyConfig {
@@ -558,6 +564,7 @@ impl Config {
             endpoints,
             spiffe: self.spiffe,
             token_cache: self.token_cache,
+            workload_endpoint,
             agent: self.agent,
             isolation: self.isolation,
         })

@@ -55,7 +55,9 @@ pub fn plan(v: &Validated, file: &Path) -> Result<Plan, ConfigFileError> {
     // What the agent must never see, and which field asked for it.
     let mut dirs: Vec<(String, PathBuf)> = Vec::new();
     let mut files: Vec<(String, PathBuf)> = Vec::new();
-    let socket = paths::workload_endpoint(v.spiffe.endpoint_socket.as_deref())
+    let socket = v
+        .workload_endpoint
+        .clone()
         .map_err(|r| err("spiffe.endpoint_socket", r))?;
     if let Some(dir) = socket
         .as_ref()
