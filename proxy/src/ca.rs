@@ -103,6 +103,46 @@ impl SandboxCa {
         })
     }
 
+    /// The CA kept in `dir` (`ca.pem`, `ca-key.pem`) when a previous run left
+    /// one there, else a fresh one written there. `dir` must be private to
+    /// Lanyard: it is created 0700, and one that group or others can enter
+    /// is refused rather than trusted with the key.
+    pub fn load_or_generate_in(dir: &Path) -> Result<Self, CaError> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| CaError::Io { path, source }
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(dir))?;
+        let m = std::fs::symlink_metadata(dir).map_err(io(dir))?;
+        if !m.is_dir() || m.mode() & 0o077 != 0 {
+            return Err(CaError::Io {
+                path: dir.to_owned(),
+                source: std::io::Error::other(format!(
+                    "must be a directory only Lanyard can enter (mode 0700, found {:o}; a symlink is refused)",
+                    m.mode() & 0o7777
+                )),
+            });
+        }
+        let (cert, key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+        if key.exists() || cert.exists() {
+            // Half a pair is damage, not a fresh start: generating would
+            // silently change the CA the agent trusts.
+            return Self::load(&cert, &key);
+        }
+        let ca = Self::generate()?;
+        let key_pem = zeroize::Zeroizing::new(ca.issuer.key().serialize_pem());
+        // The key lands first: a crash between the two leaves no certificate
+        // without its key, and the next start finds half a pair and says so.
+        write_atomically(&key, &key_pem, 0o600).map_err(io(&key))?;
+        write_atomically(&cert, &ca.cert_pem, 0o644).map_err(io(&cert))?;
+        Ok(ca)
+    }
+
     /// The CA certificate (DER).
     pub fn cert_der(&self) -> &CertificateDer<'static> {
         &self.cert_der
@@ -357,6 +397,30 @@ mod tests {
         let again2 = cache.get(&Host::parse("a9.test").unwrap()).await.unwrap();
         assert!(Arc::ptr_eq(&again, &again2), "a hot entry was re-minted");
         drop(first);
+    }
+
+    #[test]
+    fn a_kept_ca_survives_a_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let first = SandboxCa::load_or_generate_in(&dir).unwrap();
+        let again = SandboxCa::load_or_generate_in(&dir).unwrap();
+        assert_eq!(first.cert_pem(), again.cert_pem());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("ca-key.pem")), 0o600);
+        // Half a pair is refused, not replaced by a CA the agent never saw.
+        std::fs::remove_file(dir.join("ca.pem")).unwrap();
+        assert!(SandboxCa::load_or_generate_in(&dir).is_err());
+        // A directory others can enter is refused.
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = SandboxCa::load_or_generate_in(&open)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("0700"), "{e}");
     }
 
     #[test]

@@ -64,6 +64,13 @@ pub struct CaConfig {
     /// PEM (PKCS#8) private key matching `cert_file`.
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// Directory private to Lanyard (memory-backed, e.g. a `tmpfs` or a
+    /// `medium: Memory` emptyDir) where a generated CA's key and certificate
+    /// are kept, so that a restarted Lanyard reuses the CA the agent already
+    /// trusts instead of minting one the agent has never seen. Created 0700;
+    /// the key is written 0600. Not with `cert_file`/`key_file`.
+    #[serde(default)]
+    pub key_dir: Option<PathBuf>,
 }
 
 /// Trust settings for upstream TLS.

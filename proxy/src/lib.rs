@@ -141,8 +141,9 @@ impl Proxy {
             }
         }
         let cfg = &settings.config;
-        let ca = match (&cfg.ca.cert_file, &cfg.ca.key_file) {
-            (Some(c), Some(k)) => SandboxCa::load(c, k)?,
+        let ca = match (&cfg.ca.cert_file, &cfg.ca.key_file, &cfg.ca.key_dir) {
+            (Some(c), Some(k), _) => SandboxCa::load(c, k)?,
+            (_, _, Some(dir)) => SandboxCa::load_or_generate_in(dir)?,
             _ => SandboxCa::generate()?,
         };
         let system = tls::system_roots();

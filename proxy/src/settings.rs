@@ -94,6 +94,12 @@ impl Settings {
                 "cert_file and key_file must be given together",
             ));
         }
+        if config.ca.key_dir.is_some() && config.ca.cert_file.is_some() {
+            return Err(ConfigError::new(
+                "ca.key_dir",
+                "keeps a generated CA; it cannot be combined with cert_file/key_file",
+            ));
+        }
         Ok(Settings {
             config,
             router,

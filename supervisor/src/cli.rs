@@ -33,6 +33,14 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Exit 0 once a running `lanyard proxy` with this config is ready: the
+    /// agent's trust files exist and every listener accepts. For probes in
+    /// images without a shell (the chart's startup and liveness probes).
+    Probe {
+        /// Path to lanyard.yaml.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Run an agent command that can reach the world only through Lanyard:
     /// `lanyard run --config lanyard.yaml -- CMD ARGS...`. Exits with the agent's status.
     Run {
@@ -86,6 +94,10 @@ pub fn run(cli: Cli) -> i32 {
             Err(e) => report(&e),
         },
         Command::Proxy { config } => block_on(proxy(config)),
+        Command::Probe { config } => match crate::probe(&config) {
+            Ok(()) => 0,
+            Err(e) => report(&e),
+        },
         Command::Run { config, command } => block_on(crate::run::run(&config, command)),
         Command::AgentExec(args) => crate::run::launch::exec(&args),
         Command::Init(args) => crate::netinit::run(&args),

@@ -178,3 +178,40 @@ pub fn check(file: &Path) -> Result<Vec<String>, Error> {
         .map_err(|e| ConfigFileError::from_field(file, e))?;
     Ok(notes)
 }
+
+/// `lanyard probe`: whether the proxy this config describes is up. Reads
+/// the config only for addresses and paths; dials each listener (an
+/// unspecified address through loopback of its family) and checks that the
+/// agent's trust files are there, since an agent started without them fails
+/// every TLS handshake.
+pub fn probe(file: &Path) -> Result<(), Error> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+    let config = Config::load(file)?;
+    let mut listeners = vec![config.listen];
+    if let Some(t) = &config.transparent {
+        listeners.push(t.listen);
+    }
+    for file in ["ca.pem", "bundle.pem"] {
+        let path = config.ca.dir.join(file);
+        if !path.is_file() {
+            return Err(Error::Start(format!(
+                "not ready: {} does not exist yet",
+                path.display()
+            )));
+        }
+    }
+    for addr in listeners {
+        let dial = match addr {
+            SocketAddr::V4(a) if a.ip().is_unspecified() => {
+                SocketAddr::from((Ipv4Addr::LOCALHOST, a.port()))
+            }
+            SocketAddr::V6(a) if a.ip().is_unspecified() => {
+                SocketAddr::from((Ipv6Addr::LOCALHOST, a.port()))
+            }
+            a => a,
+        };
+        TcpStream::connect_timeout(&dial, std::time::Duration::from_secs(2))
+            .map_err(|e| Error::Start(format!("not ready: {addr} does not accept: {e}")))?;
+    }
+    Ok(())
+}

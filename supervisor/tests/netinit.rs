@@ -72,8 +72,38 @@ r = subprocess.run(["nft", "flush", "ruleset"], capture_output=True)
 print(who, "flush", "ok" if r.returncode == 0 else "denied")
 "#;
 
+/// What the script prints about the installed rules for each backend:
+/// after installing twice (one copy) and after cleanup (none).
+struct Backend {
+    name: &'static str,
+    count: &'static str,
+    once: &'static str,
+}
+
+const NFTABLES: Backend = Backend {
+    name: "nftables",
+    count: "nft list tables | grep -c 'inet lanyard' || true",
+    once: "1",
+};
+
+// Two jumps (nat, filter) and one redirect per family.
+const IPTABLES: Backend = Backend {
+    name: "iptables",
+    count: "echo $(( $( (iptables-save; ip6tables-save) | grep -c -e '-j LANYARD_OUTPUT' -e '-j REDIRECT') ))",
+    once: "6",
+};
+
 #[test]
-fn the_kernel_redirects_the_agent_and_nothing_else() {
+fn the_kernel_redirects_the_agent_and_nothing_else_nftables() {
+    kernel_path(&NFTABLES);
+}
+
+#[test]
+fn the_kernel_redirects_the_agent_and_nothing_else_iptables() {
+    kernel_path(&IPTABLES);
+}
+
+fn kernel_path(backend: &Backend) {
     assert!(
         nix::unistd::Uid::effective().is_root(),
         "this test creates a network namespace: run it as root (CI does)"
@@ -99,19 +129,21 @@ ip -6 addr add 2001:db8::2/64 dev d0 nodad
 ip link set d0 up
 ip route add default dev d0
 ip -6 route add default dev d0
-{lanyard} init --proxy-uid {proxy} --agent-uid {agent} --exclude-port 9090 --dns 192.0.2.53
-{lanyard} init --proxy-uid {proxy} --agent-uid {agent} --exclude-port 9090 --dns 192.0.2.53
-echo "tables=$(nft list tables | grep -c 'inet lanyard')"
+{lanyard} init --backend {backend} --proxy-uid {proxy} --agent-uid {agent} --exclude-port 9090 --dns 192.0.2.53
+{lanyard} init --backend {backend} --proxy-uid {proxy} --agent-uid {agent} --exclude-port 9090 --dns 192.0.2.53
+echo "installed=$({count})"
 setpriv --reuid={proxy} --regid={proxy} --clear-groups /usr/bin/python3 {listener} {log} {ready} >/dev/null 2>&1 &
 listener=$!
 trap 'kill $listener 2>/dev/null || true' EXIT
 i=0; while [ ! -e {ready} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
 setpriv --reuid={agent} --regid={agent} --clear-groups /usr/bin/python3 {probes} agent
 setpriv --reuid={proxy} --regid={proxy} --clear-groups /usr/bin/python3 {probes} proxy
-{lanyard} init --cleanup
-echo "after_cleanup=$(nft list tables | grep -c 'inet lanyard' || true)"
+{lanyard} init --backend {backend} --cleanup
+echo "after_cleanup=$({count})"
 "#,
         lanyard = LANYARD,
+        backend = backend.name,
+        count = backend.count,
         proxy = PROXY_UID,
         agent = AGENT_UID,
         listener = listener.display(),
@@ -128,9 +160,10 @@ echo "after_cleanup=$(nft list tables | grep -c 'inet lanyard' || true)"
     assert!(out.status.success(), "{stdout}\n{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     let has = |want: &str| lines.contains(&want);
+    // Installing twice leaves one copy; cleanup removes it.
+    let installed = format!("installed={}", backend.once);
     for want in [
-        // Installing twice leaves one table; cleanup removes it.
-        "tables=1",
+        installed.as_str(),
         "after_cleanup=0",
         // The agent's TCP reaches the listener with its destination intact, both families.
         "agent tcp4 orig=198.51.100.7:443",

@@ -94,6 +94,9 @@ pub fn plan(v: &Validated, file: &Path) -> Result<Plan, ConfigFileError> {
     {
         dirs.push(("ca.key_file".into(), dir.to_owned()));
     }
+    if let Some(dir) = v.settings.config.ca.key_dir.as_deref() {
+        dirs.push(("ca.key_dir".into(), dir.to_owned()));
+    }
     let absolute = |field: &str, p: &Path| -> Result<Resolved, ConfigFileError> {
         let p = if p.is_absolute() {
             p.to_owned()

@@ -12,6 +12,10 @@
 //!
 //! The ruleset is applied with one `nft -f -` transaction that creates,
 //! deletes and re-creates the table: running it twice leaves one copy.
+//! `--backend iptables` installs the same rules through iptables-restore
+//! (see [`iptables`]).
+
+pub mod iptables;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -26,6 +30,9 @@ pub const TABLE: &str = "lanyard";
 /// `lanyard init` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct InitArgs {
+    /// How the rules are installed.
+    #[arg(long, value_enum, default_value_t = Backend::Nftables)]
+    pub backend: Backend,
     /// uid Lanyard runs as: its traffic is never redirected.
     #[arg(long, required_unless_present = "cleanup")]
     pub proxy_uid: Option<u32>,
@@ -54,6 +61,16 @@ pub struct InitArgs {
     /// Remove the ruleset.
     #[arg(long)]
     pub cleanup: bool,
+}
+
+/// The rule installer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// Native nftables: one `table inet lanyard`, one transaction for both families.
+    Nftables,
+    /// `iptables-restore`/`ip6tables-restore` into `LANYARD_OUTPUT` chains
+    /// (whichever iptables the system has: nf_tables or legacy).
+    Iptables,
 }
 
 /// Everything the ruleset depends on, validated.
@@ -228,28 +245,86 @@ fn ipv6_available() -> bool {
     std::path::Path::new("/proc/sys/net/ipv6").exists()
 }
 
-fn apply(script: &str) -> Result<(), String> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
+/// Runs `tool args...` with `input` on stdin; its stderr becomes the error.
+fn feed(tool: &str, args: &[&str], input: &str) -> Result<(), String> {
+    let mut child = Command::new(tool)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run nft (install nftables): {e}"))?;
+        .map_err(|e| format!("cannot run {tool}: {e}"))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
-            .write_all(script.as_bytes())
-            .map_err(|e| format!("cannot write the ruleset to nft: {e}"))?;
+            .write_all(input.as_bytes())
+            .map_err(|e| format!("cannot write the rules to {tool}: {e}"))?;
     }
-    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{tool}: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
         Err(format!(
-            "nft refused the ruleset: {}",
+            "{tool} refused the rules: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+fn apply(script: &str) -> Result<(), String> {
+    feed("nft", &["-f", "-"], script)
+}
+
+/// The families the iptables backend touches: IPv6 whenever the namespace
+/// has it (to reject it when `--no-ipv6`), or when asked to redirect it.
+fn iptables_families(rules: &Rules) -> Vec<iptables::Family> {
+    let mut f = vec![iptables::Family::V4];
+    if rules.ipv6 || ipv6_available() {
+        f.push(iptables::Family::V6);
+    }
+    f
+}
+
+fn install_iptables(rules: &Rules, dry_run: bool) -> Result<Option<String>, String> {
+    use iptables::{Family, Present};
+    let families = if dry_run {
+        vec![Family::V4, Family::V6]
+    } else {
+        iptables_families(rules)
+    };
+    let mut out = String::new();
+    for family in families {
+        let present = if dry_run {
+            Present::default()
+        } else {
+            iptables::jumps(family)?
+        };
+        let input = iptables::render(rules, family, present);
+        if dry_run {
+            let tool = match family {
+                Family::V4 => "iptables-restore",
+                Family::V6 => "ip6tables-restore",
+            };
+            let _ = writeln!(out, "# {tool} --noflush");
+            out.push_str(&input);
+        } else {
+            iptables::restore(family, &input)?;
+        }
+    }
+    Ok(dry_run.then_some(out))
+}
+
+fn cleanup_iptables() -> Result<(), String> {
+    use iptables::Family;
+    for family in [Family::V4, Family::V6] {
+        if family == Family::V6 && !ipv6_available() {
+            continue;
+        }
+        let input = iptables::render_cleanup(iptables::jumps(family)?, iptables::chains(family)?);
+        iptables::restore(family, &input)?;
+    }
+    Ok(())
 }
 
 /// Runs `lanyard init`; returns the exit status.
@@ -257,11 +332,26 @@ pub fn run(a: &InitArgs) -> i32 {
     let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let result = (|| -> Result<Option<String>, (i32, String)> {
         if a.cleanup {
-            if a.dry_run {
-                return Ok(Some(cleanup_script()));
-            }
-            apply(&cleanup_script()).map_err(|e| (1, e))?;
-            return Ok(None);
+            return match (a.backend, a.dry_run) {
+                (Backend::Nftables, true) => Ok(Some(cleanup_script())),
+                (Backend::Nftables, false) => {
+                    apply(&cleanup_script()).map(|()| None).map_err(|e| (1, e))
+                }
+                (Backend::Iptables, true) => Ok(Some(format!(
+                    "# iptables-restore --noflush / ip6tables-restore --noflush, for what exists\n{}",
+                    iptables::render_cleanup(
+                        iptables::Present {
+                            nat: true,
+                            filter: true
+                        },
+                        iptables::Present {
+                            nat: true,
+                            filter: true
+                        },
+                    )
+                ))),
+                (Backend::Iptables, false) => cleanup_iptables().map(|()| None).map_err(|e| (1, e)),
+            };
         }
         let rules = Rules::from_args(a, &resolv).map_err(|e| (crate::EXIT_CONFIG, e))?;
         if rules.ipv6 && !ipv6_available() && !a.dry_run {
@@ -269,6 +359,9 @@ pub fn run(a: &InitArgs) -> i32 {
                 crate::EXIT_CONFIG,
                 "IPv6 is not available in this network namespace: pass --no-ipv6 to redirect IPv4 only (IPv6 is then rejected)".into(),
             ));
+        }
+        if a.backend == Backend::Iptables {
+            return install_iptables(&rules, a.dry_run).map_err(|e| (1, e));
         }
         let script = rules.render();
         if a.dry_run {
@@ -298,8 +391,18 @@ pub fn run(a: &InitArgs) -> i32 {
 mod tests {
     use super::*;
 
+    /// The rules every golden file is rendered from.
+    pub(super) fn golden_rules(no_ipv6: bool) -> Rules {
+        let mut a = args();
+        a.no_ipv6 = no_ipv6;
+        Rules::from_args(&a, RESOLV).unwrap()
+    }
+
+    const RESOLV: &str = "search svc.cluster.local\nnameserver 192.0.2.53\nnameserver 2001:db8::53\noptions ndots:5\n";
+
     fn args() -> InitArgs {
         InitArgs {
+            backend: Backend::Nftables,
             proxy_uid: Some(1337),
             port: 15001,
             agent_uid: Some(1000),
@@ -314,16 +417,16 @@ mod tests {
 
     #[test]
     fn the_ruleset_matches_the_golden_file() {
-        let resolv = "search svc.cluster.local\nnameserver 192.0.2.53\nnameserver 2001:db8::53\noptions ndots:5\n";
+        let resolv = RESOLV;
         let rules = Rules::from_args(&args(), resolv).unwrap();
-        let golden = include_str!("../tests/golden/init.nft");
+        let golden = include_str!("../../tests/golden/init.nft");
         assert_eq!(rules.render(), golden);
         let mut v4 = args();
         v4.no_ipv6 = true;
         let rules = Rules::from_args(&v4, resolv).unwrap();
         assert_eq!(
             rules.render(),
-            include_str!("../tests/golden/init-no-ipv6.nft")
+            include_str!("../../tests/golden/init-no-ipv6.nft")
         );
     }
 
