@@ -58,6 +58,15 @@ impl Pod {
              ip -n {a} link set va-{id} up && ip -n {b} link set vb-{id} up && \
              ip -n {a} route add default dev va-{id} && ip -n {a} -6 route add default dev va-{id}"
         ));
+        // `ip netns exec` mounts /etc/netns/NAME/hosts over /etc/hosts: the
+        // pod's own name table, as a cluster's DNS would give it.
+        let etc = format!("/etc/netns/{a}");
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(
+            format!("{etc}/hosts"),
+            "127.0.0.1 localhost\n192.0.2.10 alpha.test\n",
+        )
+        .unwrap();
         Self {
             a,
             b,
@@ -89,6 +98,7 @@ impl Drop for Pod {
             let _ = p.wait();
         }
         let _ = Command::new("ip").args(["netns", "del", &self.a]).status();
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.a));
         let _ = Command::new("ip").args(["netns", "del", &self.b]).status();
     }
 }
@@ -153,7 +163,7 @@ fn the_agent_gets_its_token_without_knowing_there_is_a_proxy() {
     std::fs::write(
         &cfg,
         format!(
-            "listen: 127.0.0.1:0\ntransparent: {{ listen: \"[::]:15001\" }}\nca: {{ dir: {ca} }}\nupstream_tls: {{ extra_ca_files: [{trust}] }}\nresolve: {{ alpha.test: 192.0.2.10 }}\nproviders:\n  s: {{ static: {{ token_file: {tok} }} }}\nendpoints:\n  - {{ name: alpha, host: alpha.test, port: 443, provider: s }}\negress: {{ default: deny }}\n",
+            "listen: 127.0.0.1:0\ntransparent: {{ listen: \"[::]:15001\" }}\nca: {{ dir: {ca} }}\nupstream_tls: {{ extra_ca_files: [{trust}] }}\nresolve: {{ alpha.test: 192.0.2.10 }}\nproviders:\n  s: {{ static: {{ token_file: {tok} }} }}\nendpoints:\n  - {{ name: alpha, host: alpha.test, port: 443, provider: s }}\negress: {{ default: deny, allow: [\"192.0.2.11:443\"], allow_private_addresses: true }}\n",
             ca = ca.display(),
             trust = trust.display(),
             tok = secrets.join("token").display(),
@@ -243,8 +253,13 @@ fn the_agent_gets_its_token_without_knowing_there_is_a_proxy() {
         ok && body.contains("name: alpha") && body.contains(&bearer),
         "{body}"
     );
-    // No name (TLS to an address): nothing to inject, egress default deny refuses.
+    // No name (TLS to an address): nothing to inject. Relayed blind where
+    // egress allows the address (the agent talks to the server itself, no
+    // token), refused where it does not.
     let (ok, body) = curl(&["-k", "https://192.0.2.11/"]);
+    assert!(ok && body.contains("name: impostor"), "{body}");
+    assert!(!body.contains(TOKEN), "{body}");
+    let (ok, body) = curl(&["-k", "https://192.0.2.10/"]);
     assert!(!ok, "an unmatched destination got through: {body}");
     // Plain HTTP is routed by Host; unmatched here, so refused by egress.
     let (ok, body) = curl(&[
@@ -278,6 +293,75 @@ fn the_agent_gets_its_token_without_knowing_there_is_a_proxy() {
         "{body}{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // Go's net/http (its own TLS stack and resolver, HTTP/2 by ALPN), no
+    // proxy settings: the client users most often find ignoring HTTPS_PROXY.
+    let go = go_client(dir.path());
+    let o = pod
+        .in_pod(AGENT_UID, &[go.to_str().unwrap(), "https://alpha.test/go"])
+        .env("SSL_CERT_FILE", ca.join("ca.pem"))
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && body.contains(&bearer) && body.contains("name: alpha"),
+        "{body}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The Workload API socket lives where only Lanyard's uid can enter.
+    let socket_dir = dir.path().join("spiffe");
+    std::fs::create_dir(&socket_dir).unwrap();
+    nix::unistd::chown(
+        socket_dir.as_path(),
+        Some(PROXY_UID.into()),
+        Some(PROXY_UID.into()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let socket = socket_dir.join("agent.sock");
+    let api = pod
+        .in_pod(
+            PROXY_UID,
+            &[
+                LANYARD,
+                "dev",
+                "workload-api",
+                "--socket",
+                socket.to_str().unwrap(),
+                "--spiffe-id",
+                "spiffe://demo.test/agent",
+            ],
+        )
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _api = KillOnDrop(api);
+    let reach = format!(
+        "import socket,sys,time\nfor _ in range(100):\n  try:\n    socket.socket(socket.AF_UNIX).connect(sys.argv[1]); print('connected'); break\n  except FileNotFoundError: time.sleep(0.05)\n  except OSError as e: print('refused', e.errno); break"
+    );
+    let o = pod
+        .in_pod(
+            PROXY_UID,
+            &["/usr/bin/python3", "-c", &reach, socket.to_str().unwrap()],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "connected",
+        "Lanyard's uid must reach it"
+    );
+    let o = pod
+        .in_pod(
+            AGENT_UID,
+            &["/usr/bin/python3", "-c", &reach, socket.to_str().unwrap()],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "refused 13",
+        "the agent reached the Workload API"
+    );
     // A connection straight to the transparent port was not redirected: no
     // original destination, so it is refused, not served.
     let (ok, body) = curl(&["http://127.0.0.1:15001/"]);
@@ -302,4 +386,61 @@ fn the_agent_gets_its_token_without_knowing_there_is_a_proxy() {
         "the log does not say when the agent's address was not the endpoint's: {log}"
     );
     assert!(!log.contains(TOKEN), "the token reached the log");
+}
+
+/// Builds a Go net/http client (standard library only) into `dir`.
+fn go_client(dir: &std::path::Path) -> std::path::PathBuf {
+    let src = dir.join("client.go");
+    std::fs::write(
+        &src,
+        r#"package main
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"time"
+)
+
+func main() {
+	c := &http.Client{Timeout: 10 * time.Second}
+	r, err := c.Get(os.Args[1])
+	if err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	b, _ := io.ReadAll(r.Body)
+	fmt.Printf("%s %d\n%s", r.Proto, r.StatusCode, b)
+}
+"#,
+    )
+    .unwrap();
+    let bin = dir.join("go-client");
+    let out = Command::new("go")
+        .arg("build")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .env("CGO_ENABLED", "0")
+        .env("GOFLAGS", "-mod=mod")
+        .output()
+        .expect("go must be installed (scripts/install-spire needs it too)");
+    assert!(
+        out.status.success(),
+        "go build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+/// A child killed when the test ends, passing or not.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
 
 pub mod issuer;
+pub mod k8s;
 pub mod spire;
 
 /// The token the static provider serves in tests. Long and distinctive so a
