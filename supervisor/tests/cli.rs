@@ -273,3 +273,46 @@ fn curl_through_the_binary_gets_its_token_injected() {
     assert!(logs.contains("denied by egress.default"), "{logs}");
     assert!(!logs.contains(TOKEN), "token in logs: {logs}");
 }
+
+#[test]
+fn probe_says_ready_only_once_the_proxy_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    // A fixed port is needed here only because the probe reads the address
+    // from the config: take a free one, then release it for the proxy.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = write(
+        dir.path(),
+        "lanyard.yaml",
+        &format!(
+            "listen: 127.0.0.1:{port}\nca: {{ dir: {} }}\negress: {{ default: deny }}\n",
+            dir.path().join("ca").display()
+        ),
+    );
+    let probe = || {
+        Command::new(LANYARD)
+            .args(["probe", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    let out = probe();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not ready") && err.contains("ca.pem"), "{err}");
+    let proxy = Proxy::start(&cfg);
+    let out = probe();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = proxy.stop();
+    // Trust files left behind by a stopped proxy do not make it ready.
+    let out = probe();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not accept"));
+}

@@ -79,7 +79,7 @@ initContainers:
         value: {{ $v.lanyard.logLevel | quote }}
     startupProbe:
       exec:
-        command: [lanyard, probe, --config, {{ $configPath }}]
+        command: [/usr/local/bin/lanyard, probe, --config, {{ $configPath }}]
       periodSeconds: {{ int $v.lanyard.startupProbe.periodSeconds }}
       failureThreshold: {{ int $v.lanyard.startupProbe.failureThreshold }}
       timeoutSeconds: 3

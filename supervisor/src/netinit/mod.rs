@@ -240,9 +240,17 @@ pub fn cleanup_script() -> String {
     format!("table inet {TABLE}\ndelete table inet {TABLE}\n")
 }
 
-/// Whether this network namespace has IPv6.
+/// Whether this network namespace has IPv6: the kernel makes IPv6 sockets
+/// (not booted with `ipv6.disable=1`) and the namespace has not switched it
+/// off. Asked of the kernel rather than of /proc alone, which a minimal
+/// container may not mount.
 fn ipv6_available() -> bool {
-    std::path::Path::new("/proc/sys/net/ipv6").exists()
+    use rustix::net::{AddressFamily, SocketType, socket};
+    if socket(AddressFamily::INET6, SocketType::DGRAM, None).is_err() {
+        return false;
+    }
+    std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+        .map_or(true, |v| v.trim() != "1")
 }
 
 /// Runs `tool args...` with `input` on stdin; its stderr becomes the error.
