@@ -335,13 +335,11 @@ fn the_agent_gets_its_token_without_knowing_there_is_a_proxy() {
         .spawn()
         .unwrap();
     let _api = KillOnDrop(api);
-    let reach = format!(
-        "import socket,sys,time\nfor _ in range(100):\n  try:\n    socket.socket(socket.AF_UNIX).connect(sys.argv[1]); print('connected'); break\n  except FileNotFoundError: time.sleep(0.05)\n  except OSError as e: print('refused', e.errno); break"
-    );
+    let reach = "import socket,sys,time\nfor _ in range(100):\n  try:\n    socket.socket(socket.AF_UNIX).connect(sys.argv[1]); print('connected'); break\n  except FileNotFoundError: time.sleep(0.05)\n  except OSError as e: print('refused', e.errno); break";
     let o = pod
         .in_pod(
             PROXY_UID,
-            &["/usr/bin/python3", "-c", &reach, socket.to_str().unwrap()],
+            &["/usr/bin/python3", "-c", reach, socket.to_str().unwrap()],
         )
         .output()
         .unwrap();
@@ -353,7 +351,7 @@ fn the_agent_gets_its_token_without_knowing_there_is_a_proxy() {
     let o = pod
         .in_pod(
             AGENT_UID,
-            &["/usr/bin/python3", "-c", &reach, socket.to_str().unwrap()],
+            &["/usr/bin/python3", "-c", reach, socket.to_str().unwrap()],
         )
         .output()
         .unwrap();
