@@ -29,7 +29,7 @@ pub(crate) struct Prepared {
 
 /// How the request reached Lanyard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Scheme {
+pub enum Scheme {
     /// Inside an intercepted CONNECT tunnel.
     Https,
     /// Absolute-form `http://` request to the proxy.
@@ -56,10 +56,12 @@ impl Scheme {
 pub(crate) fn check_names(
     target: &Target,
     scheme: Scheme,
-    req: &Request<Incoming>,
+    uri: &Uri,
+    headers: &http::HeaderMap,
+    version: Version,
 ) -> Result<(), ProxyError> {
     let port = Some(scheme.default_port());
-    if let Some(auth) = req.uri().authority() {
+    if let Some(auth) = uri.authority() {
         let named = Target::parse_authority(auth.as_str(), port)
             .map_err(|e| ProxyError::BadRequest(format!("request authority: {e}")))?;
         if &named != target {
@@ -68,7 +70,7 @@ pub(crate) fn check_names(
             )));
         }
     }
-    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let mut hosts = headers.get_all(header::HOST).iter();
     if let Some(h) = hosts.next() {
         if hosts.next().is_some() {
             return Err(ProxyError::BadRequest("more than one Host header".into()));
@@ -83,10 +85,23 @@ pub(crate) fn check_names(
                 "Host header '{text}' does not match the destination {target}; nothing was injected"
             )));
         }
-    } else if req.version() < Version::HTTP_2 && req.uri().authority().is_none() {
+    } else if version < Version::HTTP_2 && uri.authority().is_none() {
         return Err(ProxyError::BadRequest("missing Host header".into()));
     }
     Ok(())
+}
+
+/// Why a tunnel whose TLS SNI names another host than the CONNECT authority
+/// (or than the name a transparent connection was routed by) must refuse
+/// every request in it; `None` when they agree or there is no SNI.
+pub fn sni_problem(sni: Option<&str>, target: &Target) -> Option<String> {
+    let s = sni?;
+    match crate::parse::Host::parse(s) {
+        Ok(h) if h == target.host => None,
+        _ => Some(format!(
+            "TLS SNI '{s}' does not match the CONNECT authority {target}; nothing was injected"
+        )),
+    }
 }
 
 /// The request head's size as sent (request line and `name: value` fields;
@@ -153,6 +168,43 @@ pub(crate) fn max_forwards(
     Ok(None)
 }
 
+/// What the inject phase decides for one request before any I/O: the
+/// endpoint whose credential it gets (if any) and the normalised path sent
+/// upstream.
+#[derive(Debug)]
+pub struct Decision<'r> {
+    /// The endpoint rule that matched: its credential is injected.
+    pub rule: Option<&'r Rule>,
+    /// The path as it goes upstream (normalised; the query is appended apart).
+    pub path: String,
+}
+
+/// The inject phase's decision for a request with this method, target URI,
+/// headers and version, arriving by `scheme` at a connection for `target`.
+/// [`prepare`] runs exactly this; it is public so the generated-attack suite
+/// and the fuzz targets exercise the code the pipeline runs, not a copy.
+pub fn decide<'r>(
+    router: &'r crate::matcher::Router,
+    target: &Target,
+    scheme: Scheme,
+    method: &Method,
+    uri: &Uri,
+    headers: &http::HeaderMap,
+    version: Version,
+) -> Result<Decision<'r>, ProxyError> {
+    check_names(target, scheme, uri, headers, version)?;
+    let path =
+        normalize_path(uri.path()).map_err(|e| ProxyError::BadRequest(format!("path: {e}")))?;
+    let rule = router.find(target, &path, method);
+    Ok(Decision { rule, path })
+}
+
+/// Invariant 2: no credential in cleartext off this host unless the
+/// endpoint opts in; `addr` is the address actually dialled.
+pub fn cleartext_allowed(rule: &Rule, addr: std::net::SocketAddr) -> bool {
+    addr.ip().is_loopback() || rule.allow_cleartext
+}
+
 /// How a request is shaped for its upstream.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Shape {
@@ -187,18 +239,22 @@ pub(crate) async fn prepare(
     if target_len > limit {
         return Err(ProxyError::UriTooLong(limit));
     }
-    check_names(target, scheme, &req)?;
-    let path = normalize_path(req.uri().path())
-        .map_err(|e| ProxyError::BadRequest(format!("path: {e}")))?;
-    let rule = shared.settings.router.find(target, &path, req.method());
+    let Decision { rule, path } = decide(
+        &shared.settings.router,
+        target,
+        scheme,
+        req.method(),
+        req.uri(),
+        req.headers(),
+        req.version(),
+    )?;
     let upgrade = upgrade_ok && !upstream_h2 && is_upgrade(&req);
     strip_hop_by_hop(req.headers_mut(), upgrade);
     let mut credential = None;
     let endpoint = match rule {
         Some(rule) => {
             if let Some(addr) = cleartext_to {
-                // Invariant 2: no credential in cleartext off this host unless the endpoint opts in.
-                if !addr.ip().is_loopback() && !rule.allow_cleartext {
+                if !cleartext_allowed(rule, addr) {
                     return Err(ProxyError::Denied(format!(
                         "endpoint '{}' needs TLS: {target} ({addr}) is not loopback; use https:// or set allow_cleartext",
                         rule.name

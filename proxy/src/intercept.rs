@@ -20,7 +20,7 @@ use crate::accept::ConnPermit;
 use crate::error::ProxyError;
 use crate::inject::{self, Scheme, Shape};
 use crate::io::DrainWatch;
-use crate::parse::{Host, Target};
+use crate::parse::Target;
 use crate::relay::{self, Dialed, Origin, ResBody};
 use crate::tls::{AlpnOffer, H1, H2};
 use crate::upstream::Upstream;
@@ -99,12 +99,7 @@ pub(crate) async fn run<IO>(
     };
     let client_h2 = tls.get_ref().1.alpn_protocol() == Some(H2);
 
-    let sni_problem = sni.as_deref().and_then(|s| match Host::parse(s) {
-        Ok(h) if h == target.host => None,
-        _ => Some(format!(
-            "TLS SNI '{s}' does not match the CONNECT authority {target}; nothing was injected"
-        )),
-    });
+    let sni_problem = crate::inject::sni_problem(sni.as_deref(), &target);
     if let Err(e) = &upstream {
         info!(error = %e, "upstream unusable; requests in this tunnel get 502 until a re-dial succeeds");
     }

@@ -17,7 +17,7 @@ mod accept;
 pub mod ca;
 pub mod config;
 pub mod error;
-mod inject;
+pub mod inject;
 mod intercept;
 pub mod io;
 pub mod matcher;

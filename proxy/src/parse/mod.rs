@@ -295,7 +295,7 @@ pub enum PathError {
     /// A segment a lenient server would read as `.` or `..` (behind an
     /// encoded slash or backslash, `;params`, double encoding or a NUL).
     #[error(
-        "path hides a dot segment that a lenient server would resolve (encoded slash or backslash, ';' parameters, double encoding or NUL)"
+        "path hides a dot segment that a lenient server would resolve (encoded slash or backslash, ';' parameters, double encoding, overlong UTF-8 or NUL)"
     )]
     HiddenDotSegment,
 }
@@ -349,6 +349,8 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
 /// percent-decoding (`%252e` is `.` to a server that decodes twice); in each
 /// reading `/` and `\\` separate segments, and a segment ends at its first
 /// `;` (path parameters, as Tomcat, Jetty and Spring strip them) or NUL.
+/// Each reading is also taken with overlong UTF-8 decoded (`%c0%ae` is `.`
+/// and `%c0%af` is `/` to decoders that accept overlong forms).
 fn lenient_dot_segments(path: &str) -> usize {
     let mut view = path.as_bytes().to_vec();
     let mut most = count_dots(&view);
@@ -357,9 +359,46 @@ fn lenient_dot_segments(path: &str) -> usize {
             break;
         }
         view = percent_decode(&view);
-        most = most.max(count_dots(&view));
+        most = most
+            .max(count_dots(&view))
+            .max(count_dots(&decode_overlong(&view)));
     }
     most
+}
+
+/// Replaces overlong UTF-8 encodings of ASCII (2-, 3- and 4-byte forms,
+/// never valid UTF-8, RFC 3629 §3) with the ASCII byte a lenient decoder
+/// would produce; everything else is kept.
+fn decode_overlong(s: &[u8]) -> Vec<u8> {
+    let cont = |b: Option<&u8>| b.filter(|b| *b & 0xc0 == 0x80).map(|b| u32::from(b & 0x3f));
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        let b = s[i];
+        let decoded = match b {
+            0xc0 | 0xc1 => cont(s.get(i + 1)).map(|c1| ((u32::from(b & 0x1f) << 6) | c1, 2)),
+            0xe0 => match (cont(s.get(i + 1)), cont(s.get(i + 2))) {
+                (Some(c1), Some(c2)) => Some(((c1 << 6) | c2, 3)),
+                _ => None,
+            },
+            0xf0 => match (cont(s.get(i + 1)), cont(s.get(i + 2)), cont(s.get(i + 3))) {
+                (Some(c1), Some(c2), Some(c3)) => Some(((c1 << 12) | (c2 << 6) | c3, 4)),
+                _ => None,
+            },
+            _ => None,
+        };
+        match decoded.and_then(|(v, n)| u8::try_from(v).ok().filter(u8::is_ascii).map(|v| (v, n))) {
+            Some((v, n)) => {
+                out.push(v);
+                i += n;
+            }
+            None => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 fn count_dots(view: &[u8]) -> usize {

@@ -158,6 +158,15 @@ fn segments_a_lenient_server_reads_as_dots_are_refused() {
         "/api/..%5Cadmin",
         "/api/..\\admin",
         "/api/%252e%252e%252fadmin",
+        // Overlong UTF-8 (found by proxy/tests/generated.rs): '.' and '/' in
+        // two-, three- and four-byte forms, also double-encoded.
+        "/api/%c0%ae%c0%ae/admin",
+        "/api/%C0%AE%C0%AE",
+        "/api/..%c0%afadmin",
+        "/api/%e0%80%ae%e0%80%ae/admin",
+        "/api/%f0%80%80%ae%f0%80%80%ae/admin",
+        "/api/..%c1%9cadmin",
+        "/api/%25c0%25ae%25c0%25ae/admin",
     ] {
         assert_eq!(
             normalize_path(raw),
@@ -172,6 +181,9 @@ fn segments_a_lenient_server_reads_as_dots_are_refused() {
         ("/api/...;/x", "/api/...;/x"),
         ("/api/%252Fx", "/api/%252Fx"),
         ("/api/./x/../y", "/api/y"),
+        // Valid UTF-8 and lone high bytes are not dots.
+        ("/api/caf%C3%A9", "/api/caf%C3%A9"),
+        ("/api/%E9t%E9", "/api/%E9t%E9"),
     ] {
         assert_eq!(normalize_path(raw).as_deref(), Ok(want), "{raw:?}");
     }
