@@ -103,10 +103,47 @@ const PORTS: &[(Option<&str>, Option<u16>)] = &[
 
 /// Path segments, from plain to every encoding trick seen in the wild.
 const SEGMENTS: &[&str] = &[
-    "api", "api", "api", "API", "apix", "v1", "admin", "", ".", "..", "%2e", "%2E", ".%2e", "%2e.",
-    "%2e%2e", "%252e%252e", "%2f", "%2F", "%252f", "%5c", "%5C", "..%2f", "..%5c", "a;b", "..;",
-    ";", ";x=1", "%3b", "%00", "%c0%ae", "%c0%ae%c0%ae", "%c0%af", "~", "%7e", "%61pi", "x%3b..",
-    "%u002e", "..%00", "%2e%2e%2f", "%25", "%",
+    "api",
+    "api",
+    "api",
+    "API",
+    "apix",
+    "v1",
+    "admin",
+    "",
+    ".",
+    "..",
+    "%2e",
+    "%2E",
+    ".%2e",
+    "%2e.",
+    "%2e%2e",
+    "%252e%252e",
+    "%2f",
+    "%2F",
+    "%252f",
+    "%5c",
+    "%5C",
+    "..%2f",
+    "..%5c",
+    "a;b",
+    "..;",
+    ";",
+    ";x=1",
+    "%3b",
+    "%00",
+    "%c0%ae",
+    "%c0%ae%c0%ae",
+    "%c0%af",
+    "~",
+    "%7e",
+    "%61pi",
+    "x%3b..",
+    "%u002e",
+    "..%00",
+    "%2e%2e%2f",
+    "%25",
+    "%",
 ];
 
 const METHODS: &[&str] = &[
@@ -384,11 +421,21 @@ fn pipeline(router: &Router, c: &Case) -> Option<(String, String)> {
     // A '/', '?' or '#' ends a URI's authority, so such a spelling is a
     // different authority plus path there: the table cannot say what it
     // denotes, and the case is dropped as not injected.
-    if absolute.as_ref().is_some_and(|a| a.contains(['/', '?', '#'])) {
+    if absolute
+        .as_ref()
+        .is_some_and(|a| a.contains(['/', '?', '#']))
+    {
         return None;
     }
     let uri_text = match &absolute {
-        Some(a) => format!("{}://{a}{pq}", if scheme == Scheme::Http { "http" } else { "https" }),
+        Some(a) => format!(
+            "{}://{a}{pq}",
+            if scheme == Scheme::Http {
+                "http"
+            } else {
+                "https"
+            }
+        ),
         None => pq,
     };
     let uri: Uri = uri_text.parse().ok()?;
@@ -422,7 +469,10 @@ fn oracle(c: &Case, rule: &str, sent: &str) -> Result<(), String> {
     let default = if c.front == Front::Plain { 80 } else { 443 };
     let agrees = |what: &str, n: &Name| -> Result<(), String> {
         if n.id() != id || n.port(default) != Some(port) {
-            return Err(format!("{what} {:?} does not denote the endpoint", n.text()));
+            return Err(format!(
+                "{what} {:?} does not denote the endpoint",
+                n.text()
+            ));
         }
         Ok(())
     };
@@ -446,7 +496,10 @@ fn oracle(c: &Case, rule: &str, sent: &str) -> Result<(), String> {
         agrees("Host", h)?;
     }
     if !matches!(METHODS[c.method], "GET" | "POST") {
-        return Err(format!("method {} is not the endpoint's", METHODS[c.method]));
+        return Err(format!(
+            "method {} is not the endpoint's",
+            METHODS[c.method]
+        ));
     }
     // The upstream sees the path Lanyard sends, not the agent's spelling.
     for r in readings(sent) {
@@ -518,7 +571,9 @@ fn a_credential_goes_only_where_every_name_and_reading_agree() {
                 .unwrap();
             (d.as_secs() << 30) ^ u64::from(d.subsec_nanos())
         });
-    eprintln!("generated attacks: seed {seed:016x} (replay with LANYARD_GENERATED_SEED={seed:016x})");
+    eprintln!(
+        "generated attacks: seed {seed:016x} (replay with LANYARD_GENERATED_SEED={seed:016x})"
+    );
     let start = Instant::now();
     let mut ran = 0u64;
     let mut batch = 0u64;
@@ -558,7 +613,10 @@ fn a_credential_goes_only_where_every_name_and_reading_agree() {
         "only {ran} cases ran in {budget:?}"
     );
     // The generator must reach the allowed space, or the oracle is never tested.
-    assert!(injected * 50 >= ran, "only {injected} of {ran} cases injected");
+    assert!(
+        injected * 50 >= ran,
+        "only {injected} of {ran} cases injected"
+    );
 }
 
 #[test]
@@ -580,6 +638,10 @@ fn the_readings_catch_known_escapes() {
         );
     }
     for p in ["/api", "/api/x", "/api/x/../y", "/api/x;v=1/y"] {
-        assert!(readings(p).iter().all(|r| under(r, "/api")), "{p}: {:?}", readings(p));
+        assert!(
+            readings(p).iter().all(|r| under(r, "/api")),
+            "{p}: {:?}",
+            readings(p)
+        );
     }
 }
