@@ -29,7 +29,7 @@ pub mod secret;
 pub mod settings;
 pub mod source;
 pub mod tls;
-mod transparent;
+pub mod transparent;
 mod upstream;
 
 pub use ca::{CertCache, SandboxCa, TrustFiles};

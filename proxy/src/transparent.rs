@@ -82,7 +82,7 @@ fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
 
 /// What the first bytes of a connection are.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Peeked {
+pub enum Peeked {
     /// Not enough bytes yet to tell.
     NeedMore,
     /// A TLS ClientHello, with its server name if it sent one.
@@ -96,7 +96,7 @@ pub(crate) enum Peeked {
 /// Classifies the first bytes of a connection; for TLS, extracts SNI from
 /// the first record (RFC 8446 §4.1.2, RFC 6066 §3). Never panics on any
 /// input: every length is checked against what is there.
-pub(crate) fn peek_kind(b: &[u8]) -> Peeked {
+pub fn peek_kind(b: &[u8]) -> Peeked {
     let Some(&first) = b.first() else {
         return Peeked::NeedMore;
     };
@@ -181,7 +181,8 @@ fn client_hello_sni(record: &[u8]) -> Option<String> {
             let kind = names.u8()?;
             let n = names.u16()?;
             let name = names.take(n)?;
-            if kind == 0 {
+            // RFC 6066 §3: a HostName is never empty; an empty one is no name.
+            if kind == 0 && !name.is_empty() {
                 return std::str::from_utf8(name).ok().map(str::to_owned);
             }
         }

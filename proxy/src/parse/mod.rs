@@ -60,9 +60,13 @@ impl Host {
         {
             return Err(format!("'{raw}' is not a valid host name"));
         }
-        // IDNA maps some dotted forms (e.g. full-width digits) to an IPv4 literal.
-        if let Ok(ip) = ascii.parse::<IpAddr>() {
-            return Ok(Host::Ip(ip));
+        // IDNA maps some forms to digits (full-width digits, `㉙` to `29`):
+        // the mapped name is judged as an address again, as a browser's host
+        // parser does and as the resolver would (found by the parse fuzz target).
+        if ends_in_a_number(&ascii) {
+            return whatwg_ipv4(&ascii)
+                .map(|ip| Host::Ip(IpAddr::V4(ip)))
+                .ok_or_else(|| format!("'{raw}' maps to an invalid IPv4 address"));
         }
         Ok(Host::Name(ascii))
     }

@@ -202,6 +202,12 @@ fn numeric_hosts_are_the_addresses_a_resolver_would_make_of_them() {
         ("0x7f.1", "127.0.0.1"),
         ("2130706433.", "127.0.0.1"),
         ("0", "0.0.0.0"),
+        // Names that IDNA maps to digits are addresses too (found by the
+        // parse fuzz target: `㉙.` became the name "29", which the resolver
+        // reads as 0.0.0.29).
+        ("\u{3259}.", "0.0.0.29"),
+        ("\u{ff11}\u{ff12}\u{ff17}\u{3002}\u{ff11}", "127.0.0.1"),
+        ("\u{2460}\u{2461}\u{2462}", "0.0.0.123"),
     ] {
         assert_eq!(
             Host::parse(raw).unwrap(),

@@ -228,8 +228,9 @@ where
     sender.send_request(req).await
 }
 
-/// Interprets a token endpoint response.
-pub(crate) fn parse(status: StatusCode, body: &[u8], secrets: &[&str]) -> Result<Issued, String> {
+/// Interprets a token endpoint response. Public for the fuzz target
+/// (`supervisor/fuzz`): every byte of `body` is the issuer's.
+pub fn parse(status: StatusCode, body: &[u8], secrets: &[&str]) -> Result<Issued, String> {
     if status.is_redirection() {
         return Err(format!("answered {status}; redirects are not followed"));
     }
