@@ -253,13 +253,13 @@ pub(crate) async fn prepare(
     let mut credential = None;
     let endpoint = match rule {
         Some(rule) => {
-            if let Some(addr) = cleartext_to {
-                if !cleartext_allowed(rule, addr) {
-                    return Err(ProxyError::Denied(format!(
-                        "endpoint '{}' needs TLS: {target} ({addr}) is not loopback; use https:// or set allow_cleartext",
-                        rule.name
-                    )));
-                }
+            if let Some(addr) = cleartext_to
+                && !cleartext_allowed(rule, addr)
+            {
+                return Err(ProxyError::Denied(format!(
+                    "endpoint '{}' needs TLS: {target} ({addr}) is not loopback; use https:// or set allow_cleartext",
+                    rule.name
+                )));
             }
             credential = Some(inject(shared, rule, &mut req).await?);
             Some(rule.name.clone())

@@ -102,11 +102,14 @@ impl UpstreamTls {
         })
     }
 
-    /// The config offering exactly the protocols the agent offered (of those we speak).
+    /// The config offering the protocols the agent offered (of those we
+    /// speak), plus HTTP/1.1 when the agent offered only h2: an upstream that
+    /// speaks only HTTP/1.1 (and refuses a handshake without a common
+    /// protocol) is then still reached, and the agent's h2 streams are
+    /// relayed onto it.
     pub fn for_offer(&self, offer: &AlpnOffer) -> Arc<ClientConfig> {
         match (offer.h2, offer.h1) {
-            (true, true) => self.both.clone(),
-            (true, false) => self.h2.clone(),
+            (true, _) => self.both.clone(),
             (false, true) => self.h1.clone(),
             (false, false) => self.none.clone(),
         }

@@ -305,12 +305,13 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push(u8::try_from(h * 16 + l).unwrap());
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push(u8::try_from(h * 16 + l).unwrap());
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;
@@ -477,17 +478,16 @@ fn oracle(c: &Case, rule: &str, sent: &str) -> Result<(), String> {
         Ok(())
     };
     agrees("outer name", &c.outer)?;
-    if c.front == Front::Connect {
-        if let Some(s) = c.sni {
-            if HOSTS[s].0 != id {
-                return Err(format!("SNI {:?} does not denote the endpoint", HOSTS[s].1));
-            }
-        }
+    if c.front == Front::Connect
+        && let Some(s) = c.sni
+        && HOSTS[s].0 != id
+    {
+        return Err(format!("SNI {:?} does not denote the endpoint", HOSTS[s].1));
     }
-    if c.front != Front::Plain {
-        if let Some(inner) = &c.inner {
-            agrees("request authority", inner)?;
-        }
+    if c.front != Front::Plain
+        && let Some(inner) = &c.inner
+    {
+        agrees("request authority", inner)?;
     }
     if c.hosts.len() > 1 {
         return Err("several Host headers".into());

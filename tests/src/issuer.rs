@@ -3,7 +3,6 @@
 //! receives, and can be told to misbehave per requested audience.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,6 +29,8 @@ pub enum Mode {
     Reply(u16, String),
     /// Never answers.
     Hang,
+    /// Closes the connection without answering.
+    Reset,
 }
 
 /// One received form.
@@ -82,7 +83,13 @@ impl Issuer {
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let s = s.clone();
-                        async move { Ok::<_, Infallible>(handle(&s, req).await) }
+                        async move {
+                            // An error from the service makes hyper drop the
+                            // connection without a response.
+                            handle(&s, req).await.ok_or_else(|| {
+                                std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset")
+                            })
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tcp), svc)
@@ -148,7 +155,7 @@ fn json(status: u16, body: String) -> Response<Full<Bytes>> {
         .unwrap()
 }
 
-async fn handle(s: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(s: &State, req: Request<Incoming>) -> Option<Response<Full<Bytes>>> {
     let body = req
         .into_body()
         .collect()
@@ -166,7 +173,10 @@ async fn handle(s: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
         .get(&audience)
         .cloned()
         .unwrap_or_else(|| s.default_mode.lock().unwrap().clone());
-    let resp = answer(s, &form, &audience, mode).await;
+    let resp = match mode {
+        Mode::Reset => None,
+        mode => Some(answer(s, &form, &audience, mode).await),
+    };
     s.notify.notify_waiters();
     resp
 }
@@ -176,7 +186,7 @@ async fn answer(s: &State, form: &Form, audience: &str, mode: Mode) -> Response<
         Mode::Reply(status, body) => return json(status, body),
         Mode::Hang => std::future::pending::<()>().await,
         Mode::SlowOk(d) => tokio::time::sleep(d).await,
-        Mode::Ok => {}
+        Mode::Ok | Mode::Reset => {}
     }
     let assertion = field(form, "client_assertion")
         .or_else(|| field(form, "subject_token"))

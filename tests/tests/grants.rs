@@ -509,6 +509,45 @@ async fn workload_api_gone_and_back() {
     }
 }
 
+/// Lanyard starts while the Workload API is not there yet (the SPIRE agent
+/// starts after the pod, or its socket is mounted late): requests get a 503
+/// naming it, nothing reaches the upstream, and service begins once it comes.
+#[tokio::test]
+async fn workload_api_missing_at_start_then_arriving() {
+    let mut env = Env::new(Duration::from_secs(300)).await;
+    env.wl.take().unwrap().stop().await;
+    let up = env.w.upstream("alpha", &["alpha.test"], &[H1]).await;
+    let port = up.addr.port();
+    let p = start(
+        &env.one_tx(
+            port,
+            "token_cache: { backoff_initial: 100ms, backoff_max: 300ms }\n",
+        ),
+        env.w.dir.path(),
+    )
+    .await;
+    let r = fetch(&p, &up, "alpha.test", "/").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert!(r.body.contains("Workload API"), "{}", r.body);
+    assert_eq!(up.hits(), 0);
+    env.wl = Some(env.api.serve(&env.sock).await.unwrap());
+    let back = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        let r = fetch(&p, &up, "alpha.test", "/").await;
+        if r.status == StatusCode::OK {
+            assert_eq!(bearer(&r), "tok-alpha-1");
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "no recovery: {}",
+            r.body
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_misbehaving_issuer_gets_clear_errors_and_poisons_nothing() {
     let env = Env::new(Duration::from_secs(300)).await;
@@ -547,6 +586,27 @@ async fn a_misbehaving_issuer_gets_clear_errors_and_poisons_nothing() {
             "answered 400 Bad Request: invalid_scope",
         ),
         ("slow", Mode::Hang, "did not answer within 500 ms"),
+        ("reset", Mode::Reset, "request failed"),
+        (
+            "gateway",
+            Mode::Reply(502, "<html>bad gateway</html>".into()),
+            "answered 502 Bad Gateway without an OAuth error body",
+        ),
+        (
+            "expired",
+            Mode::Reply(200, r#"{"access_token":"tok","expires_in":0}"#.into()),
+            "already expired",
+        ),
+        (
+            "expired_jwt",
+            Mode::Reply(
+                200,
+                // A JWT whose own exp is long past, whatever expires_in says.
+                r#"{"access_token":"eyJhbGciOiJub25lIn0.eyJleHAiOjF9.c2ln","expires_in":3600}"#
+                    .into(),
+            ),
+            "expired",
+        ),
     ];
     let mut endpoints: Vec<String> = cases
         .iter()
