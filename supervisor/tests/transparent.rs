@@ -268,6 +268,20 @@ fn the_agent_gets_its_token_without_knowing_there_is_a_proxy() {
         "http://alpha.test/",
     ]);
     assert!(ok && body.contains("denied"), "{body}");
+    // The transparent front end's HTTP/1.1 server refuses a smuggling
+    // vector as the explicit one does (tests/tests/smuggling.rs): 400, one
+    // response, connection closed.
+    let smuggle = "import socket\ns=socket.create_connection(('192.0.2.10',80),timeout=10)\ns.sendall(b'POST / HTTP/1.1\\r\\nHost: alpha.test\\r\\nContent-Length: 3\\r\\nContent-Length: 5\\r\\n\\r\\nabcGET /smuggled HTTP/1.1\\r\\nHost: alpha.test\\r\\n\\r\\n')\nout=b''\nwhile True:\n  d=s.recv(65536)\n  if not d: break\n  out+=d\nprint(out.count(b'HTTP/1.1 '), out[:12].decode())";
+    let o = pod
+        .in_pod(AGENT_UID, &["/usr/bin/python3", "-c", smuggle])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "1 HTTP/1.1 400",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // HTTP/2 through the same path.
     let (ok, body) = curl(&[
         "--http2",

@@ -15,8 +15,8 @@
     reason = "integration tests: a panic is a failed assertion"
 )]
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -29,38 +29,12 @@ const H2: &[u8] = b"h2";
 
 type Channel = http_body_util::channel::Channel<bytes::Bytes, std::io::Error>;
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Every log line of this test binary, at TRACE.
-fn logs() -> &'static Capture {
-    static LOGS: OnceLock<Capture> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Capture::default();
-        let writer = logs.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .init();
-        logs
-    })
+fn logs() {
+    lanyard_tests::logs::trace();
 }
 
 fn assert_no_token_logged() {
-    let text = String::from_utf8_lossy(&logs().0.lock().unwrap()).into_owned();
-    assert!(!text.is_empty(), "nothing was logged: is TRACE on?");
-    assert!(!text.contains(TOKEN), "the token reached a log line");
+    lanyard_tests::logs::assert_never_logged(&[TOKEN]);
 }
 
 /// An HTTPS upstream for alpha.test that, while `reset` is set, answers with

@@ -33,6 +33,9 @@ struct Env {
 
 impl Env {
     async fn new(svid_ttl: Duration) -> Self {
+        // Every grant and fault test here runs with TRACE on; the last
+        // assertion of each checks that no SVID or token was logged.
+        lanyard_tests::logs::trace();
         let w = World::new();
         let api = DevWorkloadApi::new(SPIFFE_ID, svid_ttl).unwrap();
         let sock = w.dir.path().join("agent.sock");
@@ -660,6 +663,8 @@ async fn a_misbehaving_issuer_gets_clear_errors_and_poisons_nothing() {
         cases.len(),
         "a request without its credential reached the upstream"
     );
+    // JWT-SVIDs (and the issuer's JWT) start "eyJ"; tokens here "tok-".
+    lanyard_tests::logs::assert_never_logged(&["eyJ", "tok-good-1"]);
 }
 
 /// `spiffe.id` selects the identity: the matching ID is requested and

@@ -7,9 +7,6 @@
     reason = "integration tests: a panic is a failed assertion"
 )]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
@@ -17,28 +14,9 @@ use lanyard_tests::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_never_reaches_logs_or_error_bodies() {
-    let logs = Capture::default();
-    let writer = logs.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
+    let logs = lanyard_tests::logs::trace();
 
     let w = World::new();
     let tls_up = w
@@ -214,7 +192,7 @@ async fn token_never_reaches_logs_or_error_bodies() {
     assert_eq!(r.status, 400, "{}", r.body);
     g.shutdown().await;
 
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert!(
         text.contains("forged"),
         "the forged request was not logged at all"
