@@ -83,8 +83,15 @@ fn accept_recovers_when_file_descriptors_run_out_and_come_back() {
     // Lanyard has taken all it can: its descriptor table is full.
     let pid = child.id();
     let full = Instant::now();
-    while std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() < 64 {
-        assert!(full.elapsed() < Duration::from_secs(10), "Lanyard never ran out of descriptors");
+    while std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+        < 64
+    {
+        assert!(
+            full.elapsed() < Duration::from_secs(10),
+            "Lanyard never ran out of descriptors"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // A request now waits in the kernel's queue (Lanyard has no descriptor
