@@ -30,6 +30,7 @@ use tokio_rustls::client::TlsStream;
 pub mod issuer;
 pub mod k8s;
 pub mod logs;
+pub mod oracle;
 pub mod spire;
 
 /// The token the static provider serves in tests. Long and distinctive so a

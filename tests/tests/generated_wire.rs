@@ -8,7 +8,7 @@
 //! the token reaches an upstream only for a request the endpoint covers
 //! (Lanyard dialled alpha.test, the path as received stays under /api under
 //! every lenient reading, the method is GET or POST), and no byte of it
-//! comes back to the agent. `proxy/tests/generated.rs` runs a million cases
+//! comes back to the agent. `tests/tests/generated.rs` runs a million cases
 //! of the same decision without sockets; this runs as many wire cases as fit
 //! in `LANYARD_WIRE_SECS` (default 20 s), seed printed.
 
@@ -28,6 +28,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use lanyard_tests::oracle::{readings, under};
 use lanyard_tests::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
@@ -217,59 +218,8 @@ fn path_text(c: &Case) -> String {
     format!("/{}", segs.join("/"))
 }
 
-/// The readings a lenient server may apply to a path it received.
-fn readings(path: &str) -> Vec<String> {
-    let decode = |s: &str| {
-        let b = s.as_bytes();
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < b.len() {
-            let hex = |c: u8| (c as char).to_digit(16);
-            if b[i] == b'%'
-                && i + 2 < b.len()
-                && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-            {
-                out.push(u8::try_from(h * 16 + l).unwrap());
-                i += 3;
-                continue;
-            }
-            out.push(b[i]);
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    };
-    let once = decode(&path.replace("%c0%ae", ".").replace("%C0%AE", "."));
-    let twice = decode(&once);
-    let mut out = Vec::new();
-    for base in [
-        path.to_owned(),
-        once.replace('\\', "/"),
-        twice.replace('\\', "/"),
-    ] {
-        for strip in [false, true] {
-            let mut segs: Vec<&str> = Vec::new();
-            for seg in base.split('/').skip(1) {
-                let seg = if strip {
-                    seg.split(';').next().unwrap_or("")
-                } else {
-                    seg
-                };
-                match seg {
-                    "" | "." => {}
-                    ".." => {
-                        segs.pop();
-                    }
-                    s => segs.push(s),
-                }
-            }
-            out.push(format!("/{}", segs.join("/")));
-        }
-    }
-    out
-}
-
 fn under_api(p: &str) -> bool {
-    p == "/api" || p.starts_with("/api/")
+    under(p, "/api")
 }
 
 struct Env {

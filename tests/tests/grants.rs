@@ -495,14 +495,18 @@ async fn workload_api_gone_and_back() {
     assert!(r.body.contains("Workload API"), "{}", r.body);
     // The agent comes back (same key, same socket path).
     env.wl = Some(env.api.serve(&env.sock).await.unwrap());
+    assert_eq!(bearer(&served_again(&p, &up).await), "tok-alpha-2");
+}
+
+/// Polls alpha until it is served again (bounded: 5 s); returns that response.
+async fn served_again(p: &Running, up: &Echo) -> Collected {
     let back = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
         tick.tick().await;
-        let r = fetch(&p, &up, "alpha.test", "/").await;
+        let r = fetch(p, up, "alpha.test", "/").await;
         if r.status == StatusCode::OK {
-            assert_eq!(bearer(&r), "tok-alpha-2");
-            break;
+            return r;
         }
         assert!(
             back.elapsed() < Duration::from_secs(5),
@@ -534,21 +538,7 @@ async fn workload_api_missing_at_start_then_arriving() {
     assert!(r.body.contains("Workload API"), "{}", r.body);
     assert_eq!(up.hits(), 0);
     env.wl = Some(env.api.serve(&env.sock).await.unwrap());
-    let back = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    loop {
-        tick.tick().await;
-        let r = fetch(&p, &up, "alpha.test", "/").await;
-        if r.status == StatusCode::OK {
-            assert_eq!(bearer(&r), "tok-alpha-1");
-            break;
-        }
-        assert!(
-            back.elapsed() < Duration::from_secs(5),
-            "no recovery: {}",
-            r.body
-        );
-    }
+    assert_eq!(bearer(&served_again(&p, &up).await), "tok-alpha-1");
 }
 
 #[tokio::test]

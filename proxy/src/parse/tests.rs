@@ -158,7 +158,7 @@ fn segments_a_lenient_server_reads_as_dots_are_refused() {
         "/api/..%5Cadmin",
         "/api/..\\admin",
         "/api/%252e%252e%252fadmin",
-        // Overlong UTF-8 (found by proxy/tests/generated.rs): '.' and '/' in
+        // Overlong UTF-8 (found by tests/tests/generated.rs): '.' and '/' in
         // two-, three- and four-byte forms, also double-encoded.
         "/api/%c0%ae%c0%ae/admin",
         "/api/%C0%AE%C0%AE",
