@@ -56,7 +56,7 @@ pub struct TransparentConfig {
 pub struct CaConfig {
     /// Directory where `ca.pem` (the sandbox CA) and `bundle.pem` (system roots
     /// plus the sandbox CA) are written for the agent to trust. The private key
-    /// is never written.
+    /// is never written here (see `key_dir`).
     pub dir: PathBuf,
     /// PEM certificate of an existing CA to use instead of generating one at start.
     #[serde(default)]

@@ -100,6 +100,19 @@ impl Settings {
                 "keeps a generated CA; it cannot be combined with cert_file/key_file",
             ));
         }
+        if let Some(kd) = &config.ca.key_dir
+            && (kd.starts_with(&config.ca.dir) || config.ca.dir.starts_with(kd))
+        {
+            // ca.dir is shared with the agent: the key must live apart from it.
+            return Err(ConfigError::new(
+                "ca.key_dir",
+                format!(
+                    "{} overlaps ca.dir {}, which the agent can read; keep the key in a directory of its own",
+                    kd.display(),
+                    config.ca.dir.display()
+                ),
+            ));
+        }
         Ok(Settings {
             config,
             router,

@@ -9,7 +9,9 @@
     reason = "integration tests: a panic is a failed assertion"
 )]
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -60,15 +62,7 @@ fn accept_recovers_when_file_descriptors_run_out_and_come_back() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("prlimit (util-linux) must be installed");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
+    let addr = common::listening_addr(&mut child);
     let target = format!("http://127.0.0.1:{port}/x");
     let host = format!("127.0.0.1:{port}");
 

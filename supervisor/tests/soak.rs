@@ -18,7 +18,9 @@
     reason = "integration tests: a panic is a failed assertion; the figures are printed"
 )]
 
-use std::io::{BufRead, BufReader, Read};
+mod common;
+
+use std::io::Read;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -284,16 +286,7 @@ fn a_thousand_keep_alive_connections_hold_steady() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let proxy: std::net::SocketAddr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let proxy: std::net::SocketAddr = common::listening_addr(&mut child).parse().unwrap();
     let ca = std::fs::read(dir.path().join("ca/ca.pem")).unwrap();
     let fds_idle = fds(pid);
     let rss_idle = rss_kib(pid);

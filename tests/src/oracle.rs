@@ -1,7 +1,8 @@
 //! The path oracle of the generated-attack suites: every way a lenient
 //! server might read a path it received (percent-decoding once or twice,
 //! backslashes, `;params`, overlong UTF-8, NUL truncation, collapsed `//`),
-//! written independently of Lanyard's normaliser.
+//! written independently of Lanyard's normaliser; and the seeding both
+//! suites share (printed, replayable, one reproducible runner per batch).
 
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
@@ -84,4 +85,38 @@ pub fn readings(raw: &str) -> Vec<String> {
 /// `path` is `prefix` or below it, segment-wise.
 pub fn under(path: &str, prefix: &str) -> bool {
     path == prefix || path.starts_with(&format!("{prefix}/"))
+}
+
+/// The run's seed: `var` (hex) to replay one, else from the clock. Printed,
+/// so a failure's output says how to replay it.
+pub fn seed(var: &str, what: &str) -> u64 {
+    let seed = std::env::var(var)
+        .ok()
+        .and_then(|s| u64::from_str_radix(&s, 16).ok())
+        .unwrap_or_else(|| {
+            let d = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            (d.as_secs() << 30) ^ u64::from(d.subsec_nanos())
+        });
+    #[allow(clippy::print_stderr, reason = "the seed is how a failure is replayed")]
+    {
+        eprintln!("{what}: seed {seed:016x} (replay with {var}={seed:016x})");
+    }
+    seed
+}
+
+/// A runner of `cases` cases for batch `batch` of the run seeded `seed`:
+/// the same pair always generates the same cases.
+pub fn runner(seed: u64, batch: u64, cases: u32) -> proptest::test_runner::TestRunner {
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    bytes[8..16].copy_from_slice(&batch.to_le_bytes());
+    let config = Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes))
 }

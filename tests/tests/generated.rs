@@ -33,9 +33,9 @@ use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 use lanyard_proxy::inject::{self, Scheme};
 use lanyard_proxy::matcher::{ConnectPlan, Router};
 use lanyard_proxy::parse::Target;
-use lanyard_tests::oracle::{readings, under};
+use lanyard_tests::oracle::{self, readings, under};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
+use proptest::test_runner::TestCaseError;
 
 /// What a spelling of a host denotes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -481,34 +481,14 @@ fn a_credential_goes_only_where_every_name_and_reading_agree() {
     }
     let want: u64 = env_or("LANYARD_GENERATED_CASES", 1_000_000);
     let budget = Duration::from_secs(env_or("LANYARD_GENERATED_SECS", 120));
-    let seed: u64 = std::env::var("LANYARD_GENERATED_SEED")
-        .ok()
-        .and_then(|s| u64::from_str_radix(&s, 16).ok())
-        .unwrap_or_else(|| {
-            let d = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap();
-            (d.as_secs() << 30) ^ u64::from(d.subsec_nanos())
-        });
-    eprintln!(
-        "generated attacks: seed {seed:016x} (replay with LANYARD_GENERATED_SEED={seed:016x})"
-    );
+    let seed = oracle::seed("LANYARD_GENERATED_SEED", "generated attacks");
     let start = Instant::now();
     let mut ran = 0u64;
     let mut batch = 0u64;
     let strategy = case();
     while ran < want && start.elapsed() < budget {
-        let mut bytes = [0u8; 32];
-        bytes[..8].copy_from_slice(&seed.to_le_bytes());
-        bytes[8..16].copy_from_slice(&batch.to_le_bytes());
-        let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &bytes);
         let per = 20_000.min(want - ran);
-        let config = Config {
-            cases: u32::try_from(per).unwrap(),
-            failure_persistence: None,
-            ..Config::default()
-        };
-        let mut runner = TestRunner::new_with_rng(config, rng);
+        let mut runner = oracle::runner(seed, batch, u32::try_from(per).unwrap());
         let found = std::cell::Cell::new(0u64);
         let result = runner.run(&strategy, |c| {
             let mut n = 0;

@@ -28,10 +28,10 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use lanyard_tests::oracle::{readings, under};
+use lanyard_tests::oracle::{self, readings, under};
 use lanyard_tests::*;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
+use proptest::test_runner::TestCaseError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -379,29 +379,11 @@ fn the_wire_never_carries_the_token_anywhere_else() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(20),
     );
-    let seed: u64 = std::env::var("LANYARD_WIRE_SEED")
-        .ok()
-        .and_then(|s| u64::from_str_radix(&s, 16).ok())
-        .unwrap_or_else(|| {
-            let d = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap();
-            (d.as_secs() << 30) ^ u64::from(d.subsec_nanos())
-        });
-    eprintln!("wire attacks: seed {seed:016x} (replay with LANYARD_WIRE_SEED={seed:016x})");
+    let seed = oracle::seed("LANYARD_WIRE_SEED", "wire attacks");
     let start = Instant::now();
     let (mut ran, mut injected, mut batch) = (0u64, 0u64, 0u64);
     while start.elapsed() < budget {
-        let mut bytes = [0u8; 32];
-        bytes[..8].copy_from_slice(&seed.to_le_bytes());
-        bytes[8..16].copy_from_slice(&batch.to_le_bytes());
-        let config = Config {
-            cases: 100,
-            failure_persistence: None,
-            ..Config::default()
-        };
-        let mut runner =
-            TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes));
+        let mut runner = oracle::runner(seed, batch, 100);
         let counts = std::cell::Cell::new((0u64, 0u64));
         let result = runner.run(&case(), |c| {
             env.log.lock().unwrap().clear();

@@ -241,3 +241,40 @@ fn extra_params_values_never_print_and_may_come_from_files() {
         "an unknown key in a file value is refused"
     );
 }
+
+#[test]
+fn the_ca_key_dir_stays_apart_from_what_the_agent_reads() {
+    for key_dir in ["/run/lanyard/ca", "/run/lanyard/ca/key", "/run/lanyard"] {
+        let e = err(&GOOD.replace(
+            "ca: { dir: /run/lanyard/ca }",
+            &format!("ca: {{ dir: /run/lanyard/ca, key_dir: {key_dir} }}"),
+        ));
+        assert_eq!(e.field, "ca.key_dir", "{key_dir}: {e}");
+        assert!(e.reason.contains("overlaps"), "{e}");
+    }
+    let e = err(&GOOD.replace(
+        "ca: { dir: /run/lanyard/ca }",
+        "ca: { dir: /run/lanyard/ca, key_dir: /k, cert_file: /c.pem, key_file: /k.pem }",
+    ));
+    assert_eq!(e.field, "ca.key_dir");
+    // Apart from it, and hidden from a `lanyard run` agent like every key location.
+    let p = Path::new(FILE);
+    let v = Config::parse(
+        &GOOD.replace(
+            "ca: { dir: /run/lanyard/ca }",
+            "ca: { dir: /run/lanyard/ca, key_dir: /run/lanyard-state/ca }",
+        ),
+        p,
+    )
+    .unwrap()
+    .validate(p)
+    .unwrap();
+    let plan = crate::run::plan::plan(&v, p).unwrap();
+    assert!(
+        plan.hide_dirs
+            .iter()
+            .any(|d| d == Path::new("/run/lanyard-state/ca")),
+        "{:?}",
+        plan.hide_dirs
+    );
+}

@@ -1,4 +1,4 @@
-//! Helpers shared by the `lanyard run` suites.
+//! Helpers shared by the supervisor's integration suites.
 
 #![allow(dead_code, reason = "each suite uses a different subset")]
 
@@ -8,6 +8,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 pub(crate) const LANYARD: &str = env!("CARGO_BIN_EXE_lanyard");
+
+/// The address a `lanyard proxy` child prints first ("listening on ADDR").
+/// Its stdout must be piped; the rest of stdout is dropped.
+pub(crate) fn listening_addr(child: &mut Child) -> String {
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout piped"))
+        .read_line(&mut line)
+        .expect("read stdout");
+    line.trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned()
+}
 
 pub(crate) fn require_root() {
     assert!(
