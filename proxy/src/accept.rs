@@ -17,7 +17,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
+
+use crate::observe::{OpenGuard, Record};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::Shared;
@@ -29,7 +30,7 @@ use crate::io::{DrainWatch, IdleIo};
 use crate::matcher::{ConnectPlan, EgressDecision};
 use crate::parse::Target;
 use crate::plain;
-use crate::relay::{self, Dialed, Purpose, ResBody, Sender};
+use crate::relay::{self, Purpose, ResBody, Sender};
 
 /// The HTTP/1.1 server settings shared by the front end and intercepted tunnels.
 pub(crate) fn http1_server(limits: &LimitsConfig) -> http1::Builder {
@@ -43,7 +44,7 @@ pub(crate) fn http1_server(limits: &LimitsConfig) -> http1::Builder {
 
 /// Accepts until `shutdown` resolves, then drains.
 pub(crate) async fn serve(
-    shared: Arc<Shared>,
+    live: crate::Live,
     listener: TcpListener,
     transparent: Vec<TcpListener>,
     shutdown: impl Future<Output = ()>,
@@ -56,8 +57,10 @@ pub(crate) async fn serve(
             .filter_map(|l| l.local_addr().ok())
             .collect(),
     );
-    let limits = &shared.settings.config.limits;
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let first = crate::current(&live);
+    let permits = Arc::new(Semaphore::new(first.settings.config.limits.max_connections));
+    let (drain, telemetry) = (first.drain.clone(), first.telemetry.clone());
+    drop(first);
     tokio::pin!(shutdown);
     loop {
         // Backpressure: past max_connections, new clients wait in the kernel's
@@ -81,24 +84,34 @@ pub(crate) async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn_shared = shared.clone();
+        // The config generation current now is the one this connection keeps.
+        let conn_shared = crate::current(&live);
+        let held = Held {
+            _permit: permit,
+            _open: telemetry.connection(if redirected {
+                "transparent"
+            } else {
+                "explicit"
+            }),
+        };
         if redirected {
             let span = info_span!("transparent", %peer);
             let own = own.clone();
-            shared.drain.spawn(move |watch| {
-                crate::transparent::serve(conn_shared, stream, permit, watch, own).instrument(span)
+            drain.spawn(move |watch| {
+                crate::transparent::serve(conn_shared, stream, held, watch, own).instrument(span)
             });
         } else {
             let span = info_span!("conn", %peer);
-            shared.drain.spawn(move |watch| {
-                serve_conn(conn_shared, stream, peer, permit, watch).instrument(span)
+            drain.spawn(move |watch| {
+                serve_conn(conn_shared, stream, peer, held, watch).instrument(span)
             });
         }
     }
     drop(listener);
     drop(transparent);
     info!("shutting down: draining connections");
-    let left = shared.drain.shutdown(limits.drain_timeout).await;
+    let deadline = crate::current(&live).settings.config.limits.drain_timeout;
+    let left = drain.shutdown(deadline).await;
     if left > 0 {
         warn!(connections = left, "drain deadline passed; connections cut");
     }
@@ -148,7 +161,13 @@ async fn accept_any(
 /// A client connection's place under `limits.max_connections`, held by
 /// everything that still carries its bytes (the connection, a CONNECT tunnel,
 /// an interception, a spliced upgrade).
-pub(crate) type ConnPermit = Arc<OwnedSemaphorePermit>;
+pub(crate) type ConnPermit = Arc<Held>;
+
+/// A connection's place under `max_connections` and in the open-connection gauge.
+pub(crate) struct Held {
+    _permit: OwnedSemaphorePermit,
+    _open: OpenGuard,
+}
 
 /// Per-client-connection state of the front end.
 pub(crate) struct Front {
@@ -168,7 +187,7 @@ async fn serve_conn(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    permit: Held,
     watch: DrainWatch,
 ) {
     serve_http1(shared, stream, peer, Arc::new(permit), watch, None).await;
@@ -235,15 +254,21 @@ impl Front {
                 }
             };
         }
-        let started = Instant::now();
-        let method = req.method().clone();
-        let host = req.uri().host().unwrap_or("-").to_owned();
-        let path = inject::log_path(req.uri().path_and_query()).to_owned();
+        let host = match self.transparent_port {
+            Some(_) => req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("-")
+                .to_owned(),
+            None => req.uri().authority().map_or("-", |a| a.as_str()).to_owned(),
+        };
+        let mut rec = Record::start(&req, host);
         let result = if req.uri().scheme().is_some() {
-            plain::forward(self, req).await
+            plain::forward(self, req, &mut rec).await
         } else if let Some(port) = self.transparent_port {
             match absolute_from_host(req, port) {
-                Ok(req) => plain::forward(self, req).await,
+                Ok(req) => plain::forward(self, req, &mut rec).await,
                 Err(e) => Err(e),
             }
         } else {
@@ -251,14 +276,14 @@ impl Front {
                 "Lanyard is a forward proxy: send absolute-form requests (http://host/path) or CONNECT host:port".into(),
             ))
         };
+        let telemetry = &self.shared.telemetry;
         match result {
-            Ok((resp, endpoint)) => {
-                info!(%method, host = ?host, path = ?path, status = resp.status().as_u16(), endpoint = endpoint.as_deref().unwrap_or("-"),
-                    ms = started.elapsed().as_millis(), "request");
+            Ok(resp) => {
+                telemetry.finish(&rec, Ok(resp.status().as_u16()));
                 resp
             }
             Err(e) => {
-                info!(%method, host = ?host, path = ?path, status = e.status().as_u16(), error = ?e.to_string(), "request refused");
+                telemetry.finish(&rec, Err(&e));
                 e.to_response().map(Either::Right)
             }
         }
@@ -278,9 +303,11 @@ impl Front {
             ConnectPlan::Passthrough => (Purpose::Endpoint, "passthrough"),
             ConnectPlan::Unmatched => match shared.settings.egress.decide(&target) {
                 EgressDecision::Deny(rule) => {
-                    return Err(ProxyError::Denied(format!(
-                        "CONNECT to {target} denied by {rule}"
-                    )));
+                    let detail = format!("CONNECT to {target} denied by {rule}");
+                    shared
+                        .telemetry
+                        .denied_connection("egress", &target.to_string(), &detail);
+                    return Err(ProxyError::Denied(detail));
                 }
                 EgressDecision::Allow(_) => (Purpose::Egress, "tunnel"),
             },
@@ -291,6 +318,11 @@ impl Front {
             .instrument(span.clone())
             .await?;
         info!(parent: &span, mode = how, addr = %dialed.addr, "CONNECT");
+        shared.telemetry.tunnel_opened(match plan {
+            ConnectPlan::Intercept => "intercept",
+            ConnectPlan::Passthrough => "passthrough",
+            ConnectPlan::Unmatched => "blind",
+        });
         let on_upgrade = hyper::upgrade::on(req);
         let task_shared = shared.clone();
         let permit = self.permit.clone();
@@ -312,7 +344,7 @@ impl Front {
                     .await;
                 } else {
                     let _permit = permit;
-                    tunnel(client, dialed).await;
+                    relay::blind(&task_shared, TokioIo::new(client), dialed.stream).await;
                 }
             }
             .instrument(span)
@@ -322,10 +354,6 @@ impl Front {
             .body(Either::Right(Full::new(Bytes::new())))
             .map_err(|e| ProxyError::Internal(e.to_string()))
     }
-}
-
-async fn tunnel(client: hyper::upgrade::Upgraded, dialed: Dialed) {
-    relay::splice(TokioIo::new(client), dialed.stream).await;
 }
 
 impl Front {

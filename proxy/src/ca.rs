@@ -336,6 +336,7 @@ pub struct TrustFiles {
 pub struct CertCache {
     ca: Arc<SandboxCa>,
     cache: moka::future::Cache<Host, Arc<CertifiedKey>>,
+    metrics: crate::ProxyMetrics,
 }
 
 impl std::fmt::Debug for CertCache {
@@ -348,21 +349,29 @@ impl std::fmt::Debug for CertCache {
 
 impl CertCache {
     /// A cache of at most `capacity` leaves.
-    pub fn new(ca: Arc<SandboxCa>, capacity: u64) -> Self {
+    pub fn new(ca: Arc<SandboxCa>, capacity: u64, metrics: crate::ProxyMetrics) -> Self {
         let cache = moka::future::Cache::builder()
             .max_capacity(capacity)
             .time_to_live(LEAF_VALIDITY / 2)
             .build();
-        Self { ca, cache }
+        Self { ca, cache, metrics }
     }
 
     /// The leaf for `host`, minted on first use.
     pub async fn get(&self, host: &Host) -> Result<Arc<CertifiedKey>, Arc<CaError>> {
         let ca = self.ca.clone();
         let h = host.clone();
-        self.cache
-            .try_get_with(host.clone(), async move { ca.mint(&h).map(Arc::new) })
-            .await
+        let minted = self.metrics.leaf_certificates_minted.clone();
+        let got = self
+            .cache
+            .try_get_with(host.clone(), async move {
+                minted.inc();
+                ca.mint(&h).map(Arc::new)
+            })
+            .await;
+        let held = i64::try_from(self.cache.entry_count()).unwrap_or(i64::MAX);
+        self.metrics.leaf_certificates_cached.set(held);
+        got
     }
 
     /// Entries currently held (approximate until pending maintenance runs).
@@ -383,7 +392,11 @@ mod tests {
 
     #[tokio::test]
     async fn cache_is_bounded_without_wiping() {
-        let cache = CertCache::new(Arc::new(SandboxCa::generate().unwrap()), 4);
+        let cache = CertCache::new(
+            Arc::new(SandboxCa::generate().unwrap()),
+            4,
+            crate::ProxyMetrics::default(),
+        );
         let first = cache.get(&Host::parse("a0.test").unwrap()).await.unwrap();
         for i in 0..10 {
             cache

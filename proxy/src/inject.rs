@@ -19,8 +19,6 @@ use crate::relay::{is_upgrade, strip_hop_by_hop};
 /// A request ready for the upstream.
 pub(crate) struct Prepared {
     pub(crate) req: Request<Incoming>,
-    /// Name of the endpoint whose credential was injected.
-    pub(crate) endpoint: Option<String>,
     /// The credential injected, to keep it out of the response (see [`scrub_echo`]).
     pub(crate) credential: Option<crate::Secret>,
     /// An HTTP/1.1 upgrade is being relayed.
@@ -226,6 +224,7 @@ pub(crate) async fn prepare(
     target: &Target,
     shape: Shape,
     mut req: Request<Incoming>,
+    rec: &mut crate::observe::Record,
 ) -> Result<Prepared, ProxyError> {
     let Shape {
         scheme,
@@ -248,24 +247,29 @@ pub(crate) async fn prepare(
         req.headers(),
         req.version(),
     )?;
+    rec.path = Some(path.clone());
     let upgrade = upgrade_ok && !upstream_h2 && is_upgrade(&req);
     strip_hop_by_hop(req.headers_mut(), upgrade);
     let mut credential = None;
-    let endpoint = match rule {
-        Some(rule) => {
-            if let Some(addr) = cleartext_to
-                && !cleartext_allowed(rule, addr)
-            {
-                return Err(ProxyError::Denied(format!(
-                    "endpoint '{}' needs TLS: {target} ({addr}) is not loopback; use https:// or set allow_cleartext",
-                    rule.name
-                )));
-            }
-            credential = Some(inject(shared, rule, &mut req).await?);
-            Some(rule.name.clone())
+    if let Some(rule) = rule {
+        rec.endpoint = Some(rule.name.clone());
+        rec.provider = Some(rule.provider.clone());
+        if let Some(addr) = cleartext_to
+            && !cleartext_allowed(rule, addr)
+        {
+            rec.deny_reason = Some("cleartext");
+            return Err(ProxyError::Denied(format!(
+                "endpoint '{}' needs TLS: {target} ({addr}) is not loopback; use https:// or set allow_cleartext",
+                rule.name
+            )));
         }
-        None => None,
-    };
+        let token = inject(shared, rule, &mut req).await?;
+        rec.injected = true;
+        if shared.telemetry.auditing() {
+            rec.token_id = Some(shared.telemetry.token_id(&token));
+        }
+        credential = Some(token);
+    }
     let pq = match req.uri().query() {
         Some(q) => format!("{path}?{q}"),
         None => path,
@@ -298,7 +302,6 @@ pub(crate) async fn prepare(
     }
     Ok(Prepared {
         req,
-        endpoint,
         credential,
         upgrade,
     })

@@ -11,7 +11,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::time::{Instant, timeout};
+use tokio::time::timeout;
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, info, warn};
 
@@ -20,6 +20,7 @@ use crate::accept::ConnPermit;
 use crate::error::ProxyError;
 use crate::inject::{self, Scheme, Shape};
 use crate::io::DrainWatch;
+use crate::observe::Record;
 use crate::parse::Target;
 use crate::relay::{self, Dialed, Origin, ResBody};
 use crate::tls::{AlpnOffer, H1, H2};
@@ -36,6 +37,8 @@ struct Tunnel {
     upstream: Upstream,
     /// Held by upgrades spliced out of this interception too.
     permit: ConnPermit,
+    /// The address the tunnel's first upstream connection went to.
+    addr: std::net::SocketAddr,
 }
 
 /// Runs an interception on `client` (the upgraded CONNECT stream, or a
@@ -53,10 +56,17 @@ pub(crate) async fn run<IO>(
 {
     let hs = shared.settings.config.limits.tls_handshake_timeout;
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client);
+    let metrics = &shared.telemetry.metrics;
     let start = match timeout(hs, acceptor).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return debug!(error = %e, "client sent no usable TLS ClientHello"),
-        Err(_) => return debug!("client TLS hello timed out"),
+        Ok(Err(e)) => {
+            metrics.handshake_failed("client", "no_hello");
+            return info!(error = %e, "client sent no usable TLS ClientHello");
+        }
+        Err(_) => {
+            metrics.handshake_failed("client", "timeout");
+            return info!("client TLS hello timed out");
+        }
     };
     let (sni, offer, any_alpn) = {
         let hello = start.client_hello();
@@ -69,6 +79,7 @@ pub(crate) async fn run<IO>(
 
     // The upstream sees the agent's own ALPN offer, so whatever it picks (h2
     // for gRPC) can be offered back to the agent unchanged.
+    let addr = dialed.addr;
     let upstream = relay::tls_connect(
         &shared,
         dialed.stream,
@@ -94,8 +105,15 @@ pub(crate) async fn run<IO>(
     };
     let tls = match timeout(hs, start.into_stream(config)).await {
         Ok(Ok(t)) => t,
-        Ok(Err(e)) => return debug!(error = %e, "client TLS handshake failed"),
-        Err(_) => return debug!("client TLS handshake timed out"),
+        Ok(Err(e)) => {
+            let (reason, hint) = crate::observe::classify_client_tls(&e);
+            metrics.handshake_failed("client", reason);
+            return warn!(error = %e, reason, "client TLS handshake failed: {hint}");
+        }
+        Err(_) => {
+            metrics.handshake_failed("client", "timeout");
+            return info!("client TLS handshake timed out");
+        }
     };
     let client_h2 = tls.get_ref().1.alpn_protocol() == Some(H2);
 
@@ -111,6 +129,7 @@ pub(crate) async fn run<IO>(
         client_h2,
         upstream,
         permit,
+        addr,
     });
     let svc = service_fn(move |req| {
         let t = tunnel.clone();
@@ -154,18 +173,17 @@ pub(crate) async fn run<IO>(
 
 impl Tunnel {
     async fn handle(&self, req: Request<Incoming>) -> Response<ResBody> {
-        let started = Instant::now();
-        let method = req.method().clone();
-        let path = inject::log_path(req.uri().path_and_query()).to_owned();
-        match self.relay(req).await {
-            Ok((resp, endpoint)) => {
-                info!(%method, path = ?path, status = resp.status().as_u16(), endpoint = endpoint.as_deref().unwrap_or("-"),
-                    ms = started.elapsed().as_millis(), "request");
+        let mut rec = Record::start(&req, self.target.to_string());
+        rec.upstream = Some(self.addr);
+        match self.relay(req, &mut rec).await {
+            Ok(resp) => {
+                self.shared
+                    .telemetry
+                    .finish(&rec, Ok(resp.status().as_u16()));
                 resp
             }
             Err(e) => {
-                info!(%method, path = ?path, status = e.status().as_u16(), error = ?e.to_string(),
-                    ms = started.elapsed().as_millis(), "request refused");
+                self.shared.telemetry.finish(&rec, Err(&e));
                 let mut resp = e.to_response();
                 if !self.client_h2 && e.source_side() == crate::ErrorSource::Upstream {
                     // Keep-alive clients would otherwise stay on a tunnel
@@ -183,14 +201,15 @@ impl Tunnel {
     async fn relay(
         &self,
         req: Request<Incoming>,
-    ) -> Result<(Response<ResBody>, Option<String>), ProxyError> {
+        rec: &mut Record,
+    ) -> Result<Response<ResBody>, ProxyError> {
         if let Some(p) = &self.sni_problem {
             return Err(ProxyError::Misdirected(p.clone()));
         }
         inject::check_head_size(&req, self.shared.settings.config.limits.max_header_bytes)?;
         let mut req = req;
         if let Some(local) = inject::max_forwards(&mut req)? {
-            return Ok((local.map(Either::Right), None));
+            return Ok(local.map(Either::Right));
         }
         let shared = &self.shared;
         // A broken upstream is reported before any credential is fetched.
@@ -205,7 +224,7 @@ impl Tunnel {
             cleartext_to: None,
             absolute: true,
         };
-        let p = inject::prepare(shared, &self.target, shape, req).await?;
+        let p = inject::prepare(shared, &self.target, shape, req, rec).await?;
         let mut resp = relay::forward(
             shared,
             Origin::Pool(&self.upstream),
@@ -216,6 +235,6 @@ impl Tunnel {
         )
         .await?;
         inject::scrub_echo(&mut resp, p.credential.as_ref());
-        Ok((resp, p.endpoint))
+        Ok(resp)
     }
 }

@@ -10,6 +10,7 @@ use crate::accept::Front;
 use crate::error::ProxyError;
 use crate::inject::{self, Scheme, Shape};
 use crate::matcher::{ConnectPlan, EgressDecision};
+use crate::observe::Record;
 use crate::parse::{Target, normalize_path};
 use crate::relay::{self, Origin, Purpose, ResBody, Sender};
 
@@ -17,10 +18,11 @@ use crate::relay::{self, Origin, Purpose, ResBody, Sender};
 pub(crate) async fn forward(
     front: &Front,
     mut req: Request<Incoming>,
-) -> Result<(Response<ResBody>, Option<String>), ProxyError> {
+    rec: &mut Record,
+) -> Result<Response<ResBody>, ProxyError> {
     let shared = front.shared();
     if let Some(local) = inject::max_forwards(&mut req)? {
-        return Ok((local.map(http_body_util::Either::Right), None));
+        return Ok(local.map(http_body_util::Either::Right));
     }
     if req.uri().scheme_str() != Some("http") {
         return Err(ProxyError::BadRequest(
@@ -47,6 +49,7 @@ pub(crate) async fn forward(
         ConnectPlan::Passthrough | ConnectPlan::Unmatched => {
             match shared.settings.egress.decide(&target) {
                 EgressDecision::Deny(rule) => {
+                    rec.deny_reason = Some("egress");
                     return Err(ProxyError::Denied(format!(
                         "request to {target} denied by {rule}"
                     )));
@@ -86,7 +89,8 @@ pub(crate) async fn forward(
         cleartext_to: Some(*addr),
         absolute: false,
     };
-    let p = inject::prepare(shared, &target, shape, req).await?;
+    rec.upstream = Some(*addr);
+    let p = inject::prepare(shared, &target, shape, req, rec).await?;
     let mut resp = relay::forward(
         shared,
         Origin::Plain(sender),
@@ -97,5 +101,5 @@ pub(crate) async fn forward(
     )
     .await?;
     inject::scrub_echo(&mut resp, p.credential.as_ref());
-    Ok((resp, p.endpoint))
+    Ok(resp)
 }

@@ -160,17 +160,28 @@ where
         })?,
     };
     let connector = tokio_rustls::TlsConnector::from(config);
+    let metrics = &shared.telemetry.metrics;
     match timeout(limits.tls_handshake_timeout, connector.connect(name, io)).await {
         Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err(ProxyError::Upstream {
-            dest: target.to_string(),
-            reason: format!("TLS handshake failed: {e}"),
-        }),
-        Err(_) => Err(ProxyError::UpstreamTimeout {
-            dest: target.to_string(),
-            phase: "tls handshake",
-            after_ms: limits.tls_handshake_timeout.as_millis(),
-        }),
+        Ok(Err(e)) => {
+            let reason = match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                Some(rustls::Error::InvalidCertificate(_)) => "bad_certificate",
+                _ => "protocol",
+            };
+            metrics.handshake_failed("upstream", reason);
+            Err(ProxyError::Upstream {
+                dest: target.to_string(),
+                reason: format!("TLS handshake failed: {e}"),
+            })
+        }
+        Err(_) => {
+            metrics.handshake_failed("upstream", "timeout");
+            Err(ProxyError::UpstreamTimeout {
+                dest: target.to_string(),
+                phase: "tls handshake",
+                after_ms: limits.tls_handshake_timeout.as_millis(),
+            })
+        }
     }
 }
 
@@ -355,7 +366,9 @@ pub(crate) async fn forward(
                 let _permit = permit;
                 let (c, u) = tokio::join!(client_upgrade, upstream_upgrade);
                 match (c, u) {
-                    (Ok(c), Ok(u)) => splice(TokioIo::new(c), TokioIo::new(u)).await,
+                    (Ok(c), Ok(u)) => {
+                        splice(TokioIo::new(c), TokioIo::new(u)).await;
+                    }
                     (c, u) => debug!(
                         client_ok = c.is_ok(),
                         upstream_ok = u.is_ok(),
@@ -377,15 +390,32 @@ pub(crate) async fn forward(
 
 /// Copies bytes both ways until either side closes. Both sides already sit on
 /// [`IdleIo`] sockets, so an idle pair is cut by the idle timeout.
-pub(crate) async fn splice<A, B>(mut a: A, mut b: B)
+/// Returns the bytes copied from `a` to `b` and back, as far as known.
+pub(crate) async fn splice<A, B>(mut a: A, mut b: B) -> (u64, u64)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     match tokio::io::copy_bidirectional(&mut a, &mut b).await {
-        Ok((up, down)) => debug!(bytes_up = up, bytes_down = down, "tunnel closed"),
-        Err(e) => debug!(error = %e, "tunnel ended"),
+        Ok((up, down)) => {
+            debug!(bytes_up = up, bytes_down = down, "tunnel closed");
+            (up, down)
+        }
+        Err(e) => {
+            debug!(error = %e, "tunnel ended");
+            (0, 0)
+        }
     }
+}
+
+/// A tunnel Lanyard does not decrypt: spliced, and its bytes counted.
+pub(crate) async fn blind<A, B>(shared: &Shared, a: A, b: B)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (up, down) = splice(a, b).await;
+    shared.telemetry.tunnel_bytes(up, down);
 }
 
 /// Whether an upstream response speaks h2 (for logs and URI shaping).

@@ -164,3 +164,14 @@ fn check_limits(l: &LimitsConfig) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+/// Whether a config name (endpoint, provider) can be used as a metric label
+/// value and in log fields as is: 1-64 of `[A-Za-z0-9._-]`. The exposition
+/// crate writes label values unescaped, so a quote or newline in a name
+/// would corrupt `/metrics`.
+pub fn is_label_safe(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}

@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info};
 
 use crate::Shared;
@@ -195,7 +194,7 @@ fn client_hello_sni(record: &[u8]) -> Option<String> {
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     stream: TcpStream,
-    permit: OwnedSemaphorePermit,
+    permit: crate::accept::Held,
     watch: DrainWatch,
     own: Arc<Vec<SocketAddr>>,
 ) {
@@ -287,6 +286,10 @@ async fn by_name(
         ConnectPlan::Intercept | ConnectPlan::Passthrough => Purpose::Endpoint,
         ConnectPlan::Unmatched => match shared.settings.egress.decide(&target) {
             EgressDecision::Deny(rule) => {
+                let detail = format!("redirected connection to {target} denied by {rule}");
+                shared
+                    .telemetry
+                    .denied_connection("egress", &target.to_string(), &detail);
                 return info!(%orig, dest = %target, %rule, "refused by egress policy");
             }
             EgressDecision::Allow(_) => Purpose::Egress,
@@ -305,11 +308,29 @@ async fn by_name(
         ConnectPlan::Unmatched => "tunnel",
     };
     info!(%orig, dest = %target, dialed = %dialed.addr, original_dst_mismatch = mismatch, mode, "redirected");
+    if mismatch {
+        // The agent's resolver and Lanyard's disagree: worth a record, since
+        // the agent meant one address and Lanyard dialled another.
+        shared.telemetry.audit(
+            "original_dst_mismatch",
+            serde_json::json!({
+                "dest": target.to_string(),
+                "original_dst": orig.to_string(),
+                "upstream": dialed.addr.to_string(),
+                "mode": mode,
+            }),
+        );
+    }
+    shared.telemetry.tunnel_opened(match plan {
+        ConnectPlan::Intercept => "intercept",
+        ConnectPlan::Passthrough => "passthrough",
+        ConnectPlan::Unmatched => "blind",
+    });
     if plan == ConnectPlan::Intercept {
         crate::intercept::run(shared, stream, target, dialed, watch, permit).await;
     } else {
         let _permit = permit;
-        relay::splice(stream, dialed.stream).await;
+        relay::blind(&shared, stream, dialed.stream).await;
     }
 }
 
@@ -325,6 +346,10 @@ async fn blind_to_address(
         port: orig.port(),
     };
     if let EgressDecision::Deny(rule) = shared.settings.egress.decide(&target) {
+        let detail = format!("redirected connection to {target} denied by {rule}");
+        shared
+            .telemetry
+            .denied_connection("egress", &target.to_string(), &detail);
         return info!(%orig, %rule, "refused by egress policy");
     }
     let dialed = match relay::dial(&shared, &target, Purpose::Egress).await {
@@ -332,8 +357,9 @@ async fn blind_to_address(
         Err(e) => return info!(%orig, error = %e, "refused: cannot reach the destination"),
     };
     info!(%orig, mode = "tunnel", "redirected");
+    shared.telemetry.tunnel_opened("blind");
     let _permit = permit;
-    relay::splice(stream, dialed.stream).await;
+    relay::blind(&shared, stream, dialed.stream).await;
 }
 
 #[cfg(test)]

@@ -184,7 +184,16 @@ async fn proxy(file: PathBuf) -> Result<(), Error> {
     // Nobody but root may ptrace Lanyard or read its memory.
     let _ = nix::sys::prctl::set_dumpable(false);
     let config = Config::load(&file)?;
-    let proxy = crate::build_proxy(config, &file).await?;
+    let started = crate::build_proxy(
+        config,
+        &file,
+        crate::ops::StartOptions {
+            listener: None,
+            sighup: true,
+        },
+    )
+    .await?;
+    let proxy = started.proxy;
     let addr = proxy
         .local_addr()
         .map_err(|e| Error::Start(format!("listener: {e}")))?;
@@ -194,6 +203,9 @@ async fn proxy(file: PathBuf) -> Result<(), Error> {
     let _ = writeln!(out, "listening on {addr}");
     for t in proxy.transparent_addrs() {
         let _ = writeln!(out, "transparent on {t}");
+    }
+    if let Some(a) = started.admin {
+        let _ = writeln!(out, "admin on {a}");
     }
     let _ = out.flush();
     drop(out);

@@ -42,6 +42,8 @@ pub struct WorkloadApi {
     reconnect: Policy,
     client: Mutex<Conn>,
     fetches: AtomicU64,
+    connected_once: std::sync::atomic::AtomicBool,
+    observe: crate::ops::metrics::Observe,
 }
 
 struct Conn {
@@ -84,7 +86,20 @@ impl WorkloadApi {
                 retry_at: None,
             }),
             fetches: AtomicU64::new(0),
+            connected_once: std::sync::atomic::AtomicBool::new(false),
+            observe: crate::ops::metrics::Observe::default(),
         }
+    }
+
+    /// Reports fetches, reconnects and the SPIFFE ID to `observe`.
+    pub fn with_observe(mut self, observe: crate::ops::metrics::Observe) -> Self {
+        self.observe = observe;
+        self
+    }
+
+    /// Whether the Workload API has issued an SVID yet (readiness).
+    pub fn answered(&self) -> bool {
+        self.observe.telemetry.spiffe_id().is_some()
     }
 
     /// FetchJWTSVID calls made so far.
@@ -114,6 +129,9 @@ impl WorkloadApi {
         .await
         {
             Ok(Ok(c)) => {
+                if self.connected_once.swap(true, Ordering::Relaxed) {
+                    self.observe.metrics.workload_api_reconnects.inc();
+                }
                 conn.client = Some(c.clone());
                 conn.failures = 0;
                 conn.retry_at = None;
@@ -142,6 +160,23 @@ impl SvidFetcher for WorkloadApi {
     fn fetch(&self, audience: &str) -> BoxFuture<'_, Result<(Svid, Duration), String>> {
         let audience = audience.to_owned();
         Box::pin(async move {
+            let got = self.fetch_once(audience).await;
+            let m = &self.observe.metrics;
+            match &got {
+                Ok((svid, _)) => {
+                    crate::ops::metrics::GrantMetrics::inc(&m.workload_api_fetches, "ok");
+                    self.observe.telemetry.set_spiffe_id(&svid.spiffe_id);
+                }
+                Err(_) => crate::ops::metrics::GrantMetrics::inc(&m.workload_api_fetches, "error"),
+            }
+            got
+        })
+    }
+}
+
+impl WorkloadApi {
+    async fn fetch_once(&self, audience: String) -> Result<(Svid, Duration), String> {
+        {
             let client = self.client().await?;
             self.fetches.fetch_add(1, Ordering::Relaxed);
             let call = client.fetch_jwt_svid([audience.as_str()], self.id.as_ref());
@@ -197,7 +232,7 @@ impl SvidFetcher for WorkloadApi {
                 },
                 Duration::from_secs(left),
             ))
-        })
+        }
     }
 }
 
@@ -236,6 +271,16 @@ impl Identity {
             fetcher,
             cache: Refreshing::new("JWT-SVID", policy),
         }
+    }
+
+    /// Counts this identity's cache events in `metrics`.
+    pub fn observe(&self, metrics: &crate::ops::metrics::GrantMetrics) {
+        self.cache.observe(metrics.cache_events.clone(), "svid");
+    }
+
+    /// Drops cached SVIDs whose audience `drop` selects; returns how many.
+    pub async fn revoke(&self, drop: impl Fn(&str) -> bool) -> usize {
+        self.cache.invalidate_if(|aud: &String| drop(aud)).await
     }
 
     /// A valid SVID for `audience`.

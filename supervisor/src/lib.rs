@@ -2,11 +2,11 @@
 //! API), grants (token exchange and caching), and the `lanyard` command line.
 //! The data plane lives in `lanyard-proxy`.
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lanyard_proxy::{Proxy, StartError, StaticSource, TokenSource};
+use lanyard_proxy::{StartError, StaticSource, TokenSource};
 
 pub mod cache;
 pub mod cli;
@@ -16,6 +16,7 @@ pub mod grants;
 pub mod identity;
 pub mod logging;
 pub mod netinit;
+pub mod ops;
 pub mod paths;
 pub mod run;
 
@@ -51,76 +52,141 @@ pub struct Providers {
     pub sources: HashMap<String, Arc<dyn TokenSource>>,
     /// The Workload API client, when any provider needs one.
     pub workload_api: Option<Arc<identity::WorkloadApi>>,
+    /// Grant providers by name (revocation and `/debug/endpoints` reach them here).
+    pub grants: BTreeMap<String, Arc<grants::GrantSource>>,
+    /// Static providers' token files by name.
+    pub statics: BTreeMap<String, PathBuf>,
+    /// The identity, issuer client and token cache, with the settings they
+    /// were built from: a reload that leaves those alone keeps them, and so
+    /// keeps every token whose grant parameters did not change.
+    grant_shared: Option<(String, grants::Shared)>,
+}
+
+impl Providers {
+    /// The SVID cache, when any provider uses one.
+    pub fn identity(&self) -> Option<&Arc<identity::Identity>> {
+        self.grant_shared.as_ref().map(|(_, s)| &s.identity)
+    }
+
+    /// The token cache, when any provider exchanges.
+    pub fn token_cache(&self) -> Option<&Arc<grants::TokenCache>> {
+        self.grant_shared.as_ref().map(|(_, s)| &s.cache)
+    }
 }
 
 /// Starts every provider in the config. Nothing here connects anywhere:
 /// the Workload API and issuers are contacted on first use.
 pub fn start_providers(v: &Validated, file: &Path) -> Result<Providers, ConfigFileError> {
+    start_providers_with(v, file, &ops::metrics::Observe::default(), None)
+}
+
+/// [`start_providers`], reporting to `observe`; with `previous` (a reload),
+/// the SVID and token caches are carried over when the Workload API
+/// settings and cache policy are unchanged.
+pub fn start_providers_with(
+    v: &Validated,
+    file: &Path,
+    observe: &ops::metrics::Observe,
+    previous: Option<&Providers>,
+) -> Result<Providers, ConfigFileError> {
     let err = |field: String, reason: String| ConfigFileError {
         file: file.display().to_string(),
         field,
         reason,
     };
+    let fingerprint = format!(
+        "{:?}|{:?}|{:?}|{:?}",
+        v.workload_endpoint, v.spiffe.id, v.spiffe.fetch_timeout, v.token_cache
+    );
     let mut sources: HashMap<String, Arc<dyn TokenSource>> = HashMap::new();
-    let mut grant_shared: Option<grants::Shared> = None;
+    let mut grant_map = BTreeMap::new();
+    let mut statics = BTreeMap::new();
+    let mut grant_shared: Option<(String, grants::Shared)> = None;
     let mut workload_api = None;
     for (name, p) in &v.providers {
         let kind = p.kind().map_err(|r| err(format!("providers.{name}"), r))?;
         let source: Arc<dyn TokenSource> = match kind {
-            ProviderKind::Static(s) => Arc::new(
-                StaticSource::new(&s.token_file)
-                    .map_err(|e| err(format!("providers.{name}.static.token_file"), e.0))?,
-            ),
+            ProviderKind::Static(s) => {
+                statics.insert(name.clone(), s.token_file.clone());
+                Arc::new(
+                    StaticSource::new(&s.token_file)
+                        .map_err(|e| err(format!("providers.{name}.static.token_file"), e.0))?,
+                )
+            }
             ProviderKind::TokenGrant(g) => {
                 if grant_shared.is_none() {
-                    let socket = v
-                        .workload_endpoint
-                        .clone()
-                        .map_err(|r| err("spiffe.endpoint_socket".into(), r))?
-                        .ok_or_else(|| {
-                            err(
-                                "spiffe.endpoint_socket".into(),
-                                format!("provider '{name}' needs the Workload API: set spiffe.endpoint_socket or SPIFFE_ENDPOINT_SOCKET"),
-                            )
-                        })?;
-                    let id = v
-                        .spiffe
-                        .id
-                        .as_deref()
-                        .map(spiffe::SpiffeId::new)
-                        .transpose()
-                        .map_err(|e| err("spiffe.id".into(), e.to_string()))?;
-                    let wl = Arc::new(identity::WorkloadApi::new(
-                        socket,
-                        id,
-                        v.spiffe.fetch_timeout,
-                        v.token_cache.policy(),
-                    ));
                     let upstream = lanyard_proxy::tls::UpstreamTls::new(
                         &v.settings.config.upstream_tls,
                         &lanyard_proxy::tls::system_roots(),
                     )
                     .map_err(|e| err(e.field, e.reason))?;
-                    grant_shared = Some(grants::Shared {
-                        identity: Arc::new(identity::Identity::new(
-                            wl.clone(),
-                            v.token_cache.policy(),
-                        )),
-                        issuer: grants::IssuerClient::new(
-                            upstream.h1_only(),
-                            v.settings.resolve.clone(),
-                        ),
-                        cache: grants::TokenCache::new("token", v.token_cache.policy()),
-                    });
-                    workload_api = Some(wl);
+                    let issuer =
+                        grants::IssuerClient::new(upstream.h1_only(), v.settings.resolve.clone());
+                    let kept = previous
+                        .and_then(|p| p.grant_shared.as_ref().map(|g| (g, p.workload_api.clone())))
+                        .filter(|((f, _), _)| *f == fingerprint);
+                    let shared = match kept {
+                        Some(((_, old), wl)) => {
+                            workload_api = wl;
+                            grants::Shared {
+                                identity: old.identity.clone(),
+                                issuer,
+                                cache: old.cache.clone(),
+                                observe: observe.clone(),
+                            }
+                        }
+                        None => {
+                            let socket = v
+                                .workload_endpoint
+                                .clone()
+                                .map_err(|r| err("spiffe.endpoint_socket".into(), r))?
+                                .ok_or_else(|| {
+                                    err(
+                                        "spiffe.endpoint_socket".into(),
+                                        format!("provider '{name}' needs the Workload API: set spiffe.endpoint_socket or SPIFFE_ENDPOINT_SOCKET"),
+                                    )
+                                })?;
+                            let id = v
+                                .spiffe
+                                .id
+                                .as_deref()
+                                .map(spiffe::SpiffeId::new)
+                                .transpose()
+                                .map_err(|e| err("spiffe.id".into(), e.to_string()))?;
+                            let wl = Arc::new(
+                                identity::WorkloadApi::new(
+                                    socket,
+                                    id,
+                                    v.spiffe.fetch_timeout,
+                                    v.token_cache.policy(),
+                                )
+                                .with_observe(observe.clone()),
+                            );
+                            let identity =
+                                identity::Identity::new(wl.clone(), v.token_cache.policy());
+                            identity.observe(&observe.metrics);
+                            let cache = grants::TokenCache::new("token", v.token_cache.policy());
+                            cache.observe(observe.metrics.cache_events.clone(), "token");
+                            workload_api = Some(wl);
+                            grants::Shared {
+                                identity: Arc::new(identity),
+                                issuer,
+                                cache,
+                                observe: observe.clone(),
+                            }
+                        }
+                    };
+                    grant_shared = Some((fingerprint.clone(), shared));
                 }
-                let shared = grant_shared.as_ref().ok_or_else(|| {
+                let shared = grant_shared.as_ref().map(|(_, s)| s).ok_or_else(|| {
                     err("providers".into(), "internal: grant state missing".into())
                 })?;
-                Arc::new(
+                let g = Arc::new(
                     grants::GrantSource::build(name, g, &v.endpoints, shared)
                         .map_err(|(f, r)| err(f, r))?,
-                )
+                );
+                grant_map.insert(name.clone(), g.clone());
+                g
             }
         };
         sources.insert(name.clone(), source);
@@ -128,16 +194,22 @@ pub fn start_providers(v: &Validated, file: &Path) -> Result<Providers, ConfigFi
     Ok(Providers {
         sources,
         workload_api,
+        grants: grant_map,
+        statics,
+        grant_shared,
     })
 }
 
-/// Loads, validates and binds: everything `lanyard proxy` does before serving.
-pub async fn build_proxy(config: Config, file: &Path) -> Result<Proxy, Error> {
+/// Loads, validates and binds: everything `lanyard proxy` does before
+/// serving (the admin listener, reload watcher and Workload API warm-up are
+/// already running when this returns).
+pub async fn build_proxy(
+    config: Config,
+    file: &Path,
+    opts: ops::StartOptions,
+) -> Result<ops::Started, Error> {
     let v = config.validate(file)?;
-    let providers = start_providers(&v, file)?;
-    Proxy::bind(v.settings, providers.sources)
-        .await
-        .map_err(|e| start_error(file, e))
+    ops::start(v, file, opts).await
 }
 
 /// Maps a proxy start failure: config-caused ones (trust files, the CA

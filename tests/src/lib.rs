@@ -124,11 +124,26 @@ pub struct Running {
     pub ca: CertificateDer<'static>,
     /// Path of `ca.pem`.
     pub ca_file: PathBuf,
+    /// Reload, revocation and the admin view.
+    pub runtime: std::sync::Arc<lanyard_supervisor::ops::Runtime>,
+    /// The admin listener, when the config has one.
+    pub admin: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     join: Option<JoinHandle<usize>>,
 }
 
 impl Running {
+    /// The audit trail so far, one JSON value per line: [`try_start`] sends
+    /// it to `audit.jsonl` beside the config unless the config says otherwise.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        let file = self.runtime.file().with_file_name("audit.jsonl");
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+            .collect()
+    }
+
     /// Triggers graceful shutdown and waits for it; returns connections cut at the deadline.
     pub async fn shutdown(mut self) -> usize {
         if let Some(s) = self.stop.take() {
@@ -167,9 +182,22 @@ pub async fn start(yaml: &str, dir: &Path) -> Running {
 /// Like [`start`], returning the error instead of panicking.
 pub async fn try_start(yaml: &str, dir: &Path) -> Result<Running, lanyard_supervisor::Error> {
     let file = dir.join("lanyard.yaml");
+    // The audit trail goes to a file the test can read, not into the test output.
+    let with_audit;
+    let yaml = if yaml.contains("\naudit:") || yaml.starts_with("audit:") {
+        yaml
+    } else {
+        with_audit = format!(
+            "{yaml}\naudit: {{ file: {} }}\n",
+            dir.join("audit.jsonl").display()
+        );
+        &with_audit
+    };
     std::fs::write(&file, yaml).expect("write config");
     let config = lanyard_supervisor::config::Config::parse(yaml, &file)?;
-    let proxy = lanyard_supervisor::build_proxy(config, &file).await?;
+    let started = lanyard_supervisor::build_proxy(config, &file, Default::default()).await?;
+    let (runtime, admin) = (started.runtime, started.admin);
+    let proxy = started.proxy;
     let addr = proxy.local_addr().expect("addr");
     let ca_file = proxy.trust_files().ca_pem.clone();
     let ca = CertificateDer::from_pem_slice(proxy.ca_pem().as_bytes()).expect("ca pem");
@@ -181,6 +209,8 @@ pub async fn try_start(yaml: &str, dir: &Path) -> Result<Running, lanyard_superv
         addr,
         ca,
         ca_file,
+        runtime,
+        admin,
         stop: Some(tx),
         join: Some(join),
     })

@@ -117,8 +117,14 @@ impl Rule {
     /// Validates one `endpoints[i]` entry; `field` is its path for errors.
     pub fn from_config(c: &EndpointConfig, field: &str) -> Result<Self, ConfigError> {
         let err = |sub: &str, reason: String| ConfigError::new(format!("{field}.{sub}"), reason);
-        if c.name.trim().is_empty() {
-            return Err(err("name", "must not be empty".into()));
+        if !crate::settings::is_label_safe(&c.name) {
+            return Err(err(
+                "name",
+                format!(
+                    "'{}': endpoint names are 1-64 letters, digits, '.', '-' or '_' (they become metric labels)",
+                    c.name
+                ),
+            ));
         }
         let host = HostPattern::parse(&c.host, false).map_err(|r| err("host", r))?;
         if c.port == 0 {

@@ -112,6 +112,34 @@ pub struct Refreshing<K, V> {
     inflight: Mutex<HashMap<K, tokio::sync::watch::Receiver<Outcome<V>>>>,
     policy: Policy,
     what: &'static str,
+    /// Hit, miss, refresh-ahead, expiry and backoff counts, once observed.
+    events: std::sync::OnceLock<(CacheEvents, &'static str)>,
+}
+
+/// `lanyard_cache_events_total`: the family a cache counts its events in.
+pub type CacheEvents = prometheus_client::metrics::family::Family<
+    CacheLabels,
+    prometheus_client::metrics::counter::Counter,
+>;
+
+/// Labels of [`CacheEvents`].
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `token` or `svid`.
+    pub cache: &'static str,
+    /// `hit`, `miss`, `refresh_ahead`, `expired` or `backoff`.
+    pub event: &'static str,
+}
+
+/// What [`Refreshing::state`] tells about one key.
+#[derive(Debug, Clone)]
+pub struct KeyState {
+    /// Valid until (wall clock), when a value is cached.
+    pub valid_until: Option<SystemTime>,
+    /// The last fetch error, while its backoff runs.
+    pub last_error: Option<String>,
+    /// Until the next attempt is allowed.
+    pub retry_in: Option<Duration>,
 }
 
 impl<K, V> fmt::Debug for Refreshing<K, V> {
@@ -169,7 +197,60 @@ where
             inflight: Mutex::new(HashMap::new()),
             policy,
             what,
+            events: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Counts this cache's events in `family` under `cache=label`.
+    pub fn observe(&self, family: CacheEvents, label: &'static str) {
+        let _ = self.events.set((family, label));
+    }
+
+    fn count(&self, event: &'static str) {
+        if let Some((family, cache)) = self.events.get() {
+            family.get_or_create(&CacheLabels { cache, event }).inc();
+        }
+    }
+
+    /// Drops every cached value and recorded failure whose key `drop` selects,
+    /// so the next request fetches afresh; returns how many values went.
+    pub async fn invalidate_if(&self, drop: impl Fn(&K) -> bool) -> usize {
+        let doomed: Vec<K> = self
+            .entries
+            .iter()
+            .filter(|(k, _)| drop(k))
+            .map(|(k, _)| K::clone(&k))
+            .collect();
+        for k in &doomed {
+            self.entries.invalidate(k).await;
+        }
+        let failed: Vec<K> = self
+            .failures
+            .iter()
+            .filter(|(k, _)| drop(k))
+            .map(|(k, _)| K::clone(&k))
+            .collect();
+        for k in &failed {
+            self.failures.invalidate(k);
+        }
+        doomed.len()
+    }
+
+    /// What is known about `key`, without fetching or counting a hit.
+    pub fn state(&self, key: &K) -> KeyState {
+        let now = Instant::now();
+        let valid_until = self
+            .entries
+            .iter()
+            .find(|(k, _)| **k == *key)
+            .filter(|(_, v)| v.is_valid(now))
+            .map(|(_, v)| v.expires_wall);
+        let failure = self.failures.get(key);
+        KeyState {
+            valid_until,
+            last_error: failure.as_ref().map(|f| f.error.clone()),
+            retry_in: failure.and_then(|f| f.retry_at.checked_duration_since(now)),
+        }
     }
 
     /// The policy in force.
@@ -191,22 +272,26 @@ where
             let now = Instant::now();
             if let Some(hit) = self.entries.get(key).await {
                 if hit.is_valid(now) {
+                    self.count("hit");
                     if now >= hit.refresh_at {
                         self.refresh_in_background(key, fetch.clone());
                     }
                     return Ok(hit);
                 }
                 // Expired by one of the clocks: drop it and miss.
+                self.count("expired");
                 self.entries.invalidate(key).await;
             }
             if let Some(f) = self.failures.get(key)
                 && now < f.retry_at
             {
+                self.count("backoff");
                 return Err(CacheError::Backoff {
                     error: f.error.clone(),
                     retry_in: f.retry_at - now,
                 });
             }
+            self.count("miss");
             let mut rx = self.join_or_start(key, fetch.clone());
             let outcome = rx
                 .wait_for(Option::is_some)
@@ -327,6 +412,7 @@ where
             return;
         }
         // Nobody waits: the task inserts the new value when it lands.
+        self.count("refresh_ahead");
         drop(self.join_or_start(key, fetch));
         tracing::debug!(what = self.what, key = ?key, "refreshing ahead of expiry");
     }

@@ -58,6 +58,54 @@ pub struct Config {
     /// can reach nothing but the proxy. `none`: no isolation (warned at every start).
     #[serde(default)]
     pub isolation: Isolation,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`,
+    /// `/debug/endpoints`, `POST /revoke`). Off unless set.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// The audit trail: one JSON line per request to an endpoint, denial,
+    /// exchange and revocation. On by default, to stderr.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// `admin`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to serve on (`127.0.0.1:9901`; port 0 picks one and prints it).
+    /// `lanyard run` binds it in Lanyard's own network namespace, never the
+    /// agent's; in a pod, `lanyard init --admin-port` keeps the agent off it.
+    pub listen: SocketAddr,
+    /// A file holding a bearer token that `/metrics`, `/debug/*` and
+    /// `/revoke` then require (`/healthz` and `/readyz` stay open for probes).
+    /// Read at start and on reload.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `audit`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Write audit events at all (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Append JSON lines to this file instead of stderr (created 0600).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            file: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `isolation`.
@@ -410,6 +458,10 @@ pub struct Validated {
     pub agent: AgentConfig,
     /// Isolation mode.
     pub isolation: Isolation,
+    /// The admin listener.
+    pub admin: Option<AdminConfig>,
+    /// The audit trail.
+    pub audit: AuditConfig,
     /// The Workload API address, resolved once (from `spiffe.endpoint_socket`
     /// or `SPIFFE_ENDPOINT_SOCKET`): the client dials exactly what `lanyard
     /// run` hides. An error is reported by whoever needs the address.
@@ -530,15 +582,11 @@ impl Config {
         for (name, p) in &self.providers {
             p.kind()
                 .map_err(|r| ConfigFileError::new(path, format!("providers.{name}"), r))?;
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
+            if !lanyard_proxy::settings::is_label_safe(name) {
                 return Err(ConfigFileError::new(
                     path,
                     format!("providers.{name}"),
-                    "provider names use letters, digits, '-' and '_'",
+                    "provider names are 1-64 letters, digits, '.', '-' or '_' (they become metric labels)",
                 ));
             }
         }
@@ -567,6 +615,8 @@ impl Config {
             workload_endpoint,
             agent: self.agent,
             isolation: self.isolation,
+            admin: self.admin,
+            audit: self.audit,
         })
     }
 }

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::cache::Refreshing;
 use crate::config::TokenGrantConfig;
 use crate::identity::Identity;
+use crate::ops::metrics::{ExchangeLabels, Observe, ProviderLabel};
 
 pub mod form;
 pub mod issuer;
@@ -87,6 +88,18 @@ pub struct TokenKey {
     params: Arc<Params>,
 }
 
+impl TokenKey {
+    /// The provider this token belongs to.
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    /// The request parameters.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+}
+
 /// The token cache shared by every grant provider.
 pub type TokenCache = Refreshing<TokenKey, Secret>;
 
@@ -103,6 +116,7 @@ pub struct GrantSource {
     cache: Arc<TokenCache>,
     /// Exchanges in flight at this provider's issuer, at most [`MAX_EXCHANGES`].
     exchanges: Arc<tokio::sync::Semaphore>,
+    observe: Observe,
 }
 
 /// Concurrent exchanges one provider runs against its token endpoint: one per
@@ -127,6 +141,8 @@ pub struct Shared {
     pub issuer: IssuerClient,
     /// Tokens.
     pub cache: Arc<TokenCache>,
+    /// Metrics and the audit trail.
+    pub observe: Observe,
 }
 
 impl GrantSource {
@@ -263,7 +279,37 @@ impl GrantSource {
             default_lifetime: cfg.default_lifetime,
             cache: shared.cache.clone(),
             exchanges: Arc::new(tokio::sync::Semaphore::new(MAX_EXCHANGES)),
+            observe: shared.observe.clone(),
         })
+    }
+
+    /// The provider's name.
+    pub fn name(&self) -> &str {
+        &self.provider
+    }
+
+    /// The grant flow.
+    pub fn grant(&self) -> Grant {
+        self.grant
+    }
+
+    /// The token endpoint, when the grant exchanges.
+    pub fn token_endpoint(&self) -> Option<&str> {
+        self.endpoint.as_ref().map(TokenEndpoint::as_str)
+    }
+
+    /// The cache key each endpoint of this provider uses.
+    pub fn keys(&self) -> impl Iterator<Item = (&str, &TokenKey)> {
+        self.by_endpoint.iter().map(|(e, k)| (e.as_str(), k))
+    }
+
+    /// What the cache knows about `endpoint`'s token (for `/debug/endpoints`).
+    pub fn state(&self, endpoint: &str) -> Option<crate::cache::KeyState> {
+        let key = self.by_endpoint.get(endpoint)?;
+        if self.grant == Grant::JwtSvid {
+            return None;
+        }
+        Some(self.cache.state(key))
     }
 
     async fn token_for(&self, key: &TokenKey) -> Result<Secret, String> {
@@ -280,6 +326,8 @@ impl GrantSource {
         let limits = self.limits.clone();
         let default_lifetime = self.default_lifetime;
         let exchanges = self.exchanges.clone();
+        let observe = self.observe.clone();
+        let provider = self.provider.clone();
         let (grant, params) = (self.grant, key.params.clone());
         let endpoint = self
             .endpoint
@@ -296,36 +344,113 @@ impl GrantSource {
                     endpoint.clone(),
                     exchanges.clone(),
                 );
+                let (observe, provider) = (observe.clone(), provider.clone());
                 async move {
-                    let _slot = exchanges
-                        .acquire_owned()
-                        .await
-                        .map_err(|_| "provider shut down".to_owned())?;
-                    let svid = identity
-                        .svid(&params.svid_audience)
-                        .await
-                        .map_err(|e| format!("no JWT-SVID for audience '{}': {e}", params.svid_audience))?;
-                    let body = form::build(grant, &params, svid.value.token.expose());
-                    // Whatever the issuer echoes back is scrubbed of the SVID and of extra_params values.
-                    let mut scrub: Vec<&str> = vec![svid.value.token.expose()];
-                    scrub.extend(params.extra_params.values().map(String::as_str));
-                    let issued = issuer.exchange(&endpoint, &body, &limits, &scrub).await?;
-                    let lifetime = issuer::lifetime(
-                        issued.expires_in,
-                        issuer::jwt_remaining(issued.access_token.expose()),
+                    let started = Instant::now();
+                    let got = exchange(
+                        grant,
+                        identity,
+                        issuer,
+                        limits,
+                        params.clone(),
+                        endpoint.clone(),
+                        exchanges,
                         default_lifetime,
-                    );
-                    if lifetime.is_zero() {
-                        return Err("issuer returned an already expired token".to_owned());
-                    }
-                    tracing::info!(issuer = %endpoint.as_str(), lifetime_s = lifetime.as_secs(), "token exchanged");
-                    Ok((issued.access_token, lifetime))
+                    )
+                    .await;
+                    report_exchange(&observe, &provider, &endpoint, &params, &got, started);
+                    got
                 }
             })
             .await
             .map_err(|e| e.to_string())?;
         debug_assert!(fresh.is_valid(Instant::now()));
         Ok(fresh.value.clone())
+    }
+}
+
+/// Counts, times and audits one exchange.
+fn report_exchange(
+    observe: &Observe,
+    provider: &str,
+    endpoint: &TokenEndpoint,
+    params: &Params,
+    got: &Result<(Secret, Duration), String>,
+    started: Instant,
+) {
+    let m = &observe.metrics;
+    let result = if got.is_ok() { "ok" } else { "error" };
+    m.exchanges
+        .get_or_create(&ExchangeLabels {
+            provider: provider.to_owned(),
+            result,
+        })
+        .inc();
+    m.exchange_seconds
+        .get_or_create(&ProviderLabel {
+            provider: provider.to_owned(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    let t = &observe.telemetry;
+    if t.auditing() {
+        t.audit(
+            "exchange",
+            serde_json::json!({
+                "provider": provider,
+                "issuer": endpoint.as_str(),
+                "audience": params.audience,
+                "svid_audience": params.svid_audience,
+                "scopes": params.scopes,
+                "result": result,
+                "token_id": got.as_ref().ok().map(|(tok, _)| t.token_id(tok)),
+                "lifetime_s": got.as_ref().ok().map(|(_, l)| l.as_secs()),
+                "error": got.as_ref().err(),
+            }),
+        );
+    }
+}
+
+/// One exchange at the token endpoint, under the provider's concurrency cap.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the fetch closure's captures, passed through once"
+)]
+async fn exchange(
+    grant: Grant,
+    identity: Arc<Identity>,
+    issuer: IssuerClient,
+    limits: IssuerLimits,
+    params: Arc<Params>,
+    endpoint: TokenEndpoint,
+    exchanges: Arc<tokio::sync::Semaphore>,
+    default_lifetime: Duration,
+) -> Result<(Secret, Duration), String> {
+    {
+        {
+            let _slot = exchanges
+                .acquire_owned()
+                .await
+                .map_err(|_| "provider shut down".to_owned())?;
+            let svid = identity
+                .svid(&params.svid_audience)
+                .await
+                .map_err(|e| format!("no JWT-SVID for audience '{}': {e}", params.svid_audience))?;
+            let body = form::build(grant, &params, svid.value.token.expose());
+            // Whatever the issuer echoes back is scrubbed of the SVID and of extra_params values.
+            let mut scrub: Vec<&str> = vec![svid.value.token.expose()];
+            scrub.extend(params.extra_params.values().map(String::as_str));
+            let issued = issuer.exchange(&endpoint, &body, &limits, &scrub).await?;
+            let lifetime = issuer::lifetime(
+                issued.expires_in,
+                issuer::jwt_remaining(issued.access_token.expose()),
+                default_lifetime,
+            );
+            if lifetime.is_zero() {
+                return Err("issuer returned an already expired token".to_owned());
+            }
+            tracing::info!(issuer = %endpoint.as_str(), lifetime_s = lifetime.as_secs(), "token exchanged");
+            Ok((issued.access_token, lifetime))
+        }
     }
 }
 

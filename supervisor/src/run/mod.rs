@@ -21,8 +21,8 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::Error;
 use crate::config::{Config, ConfigFileError, Filesystem, Isolation};
-use crate::{Error, start_providers};
 
 pub mod confine;
 pub mod env;
@@ -152,22 +152,32 @@ pub async fn run(file: &Path, command: Vec<OsString>) -> Result<i32, Error> {
                 .map_err(|e| Error::Start(format!("cannot listen on {addr}: {e}")))?
         }
     };
-    let providers = start_providers(&v, file)?;
-    let proxy = lanyard_proxy::Proxy::with_std_listener(v.settings, providers.sources, listener)
-        .map_err(|e| crate::start_error(file, e))?;
+    let isolation = v.isolation;
+    let agent_cfg = v.agent.clone();
+    let started = crate::ops::start(
+        v,
+        file,
+        crate::ops::StartOptions {
+            listener: Some(listener),
+            // SIGHUP belongs to the agent (its terminal hung up): reload on file change only.
+            sighup: false,
+        },
+    )
+    .await?;
+    let proxy = started.proxy;
     let bound = proxy
         .local_addr()
         .map_err(|e| Error::Start(e.to_string()))?;
     let trust = proxy.trust_files().clone();
     let agent_env = env::build(
         std::env::vars(),
-        &v.agent.env,
+        &agent_cfg.env,
         bound.port(),
         &trust.ca_pem,
         &trust.bundle_pem,
     );
     let mut agent_env = agent_env;
-    if full && plan.filesystem == Filesystem::Minimal && !v.agent.env.set.contains_key("HOME") {
+    if full && plan.filesystem == Filesystem::Minimal && !agent_cfg.env.set.contains_key("HOME") {
         // Lanyard's own HOME does not exist in a minimal root.
         agent_env.insert("HOME".into(), plan.workdir.display().to_string());
     }
@@ -222,10 +232,9 @@ pub async fn run(file: &Path, command: Vec<OsString>) -> Result<i32, Error> {
     if let Some(p) = pty.as_mut() {
         p.relay().map_err(Error::Start)?;
     }
-    tracing::info!(pid = init.as_raw(), proxy = %bound, uid = ?ids.map(|i| i.0), isolation = ?v.isolation, filesystem = ?plan.filesystem, tty = pty.is_some(), "agent started");
+    tracing::info!(pid = init.as_raw(), proxy = %bound, uid = ?ids.map(|i| i.0), isolation = ?isolation, filesystem = ?plan.filesystem, tty = pty.is_some(), "agent started");
 
-    let kill_after = v
-        .agent
+    let kill_after = agent_cfg
         .kill_after
         .unwrap_or(std::time::Duration::from_secs(30));
     let mut kill_at: Option<tokio::time::Instant> = None;

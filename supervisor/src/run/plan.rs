@@ -97,6 +97,18 @@ pub fn plan(v: &Validated, file: &Path) -> Result<Plan, ConfigFileError> {
     if let Some(dir) = v.settings.config.ca.key_dir.as_deref() {
         dirs.push(("ca.key_dir".into(), dir.to_owned()));
     }
+    // The admin token opens /revoke; the audit trail is evidence the agent must not edit.
+    for (field, f) in [
+        (
+            "admin.token_file",
+            v.admin.as_ref().and_then(|a| a.token_file.as_deref()),
+        ),
+        ("audit.file", v.audit.file.as_deref()),
+    ] {
+        if let Some(dir) = f.and_then(Path::parent) {
+            dirs.push((field.into(), dir.to_owned()));
+        }
+    }
     let absolute = |field: &str, p: &Path| -> Result<Resolved, ConfigFileError> {
         let p = if p.is_absolute() {
             p.to_owned()
