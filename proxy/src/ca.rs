@@ -361,16 +361,21 @@ impl CertCache {
     pub async fn get(&self, host: &Host) -> Result<Arc<CertifiedKey>, Arc<CaError>> {
         let ca = self.ca.clone();
         let h = host.clone();
-        let minted = self.metrics.leaf_certificates_minted.clone();
+        let minted = std::sync::atomic::AtomicBool::new(false);
         let got = self
             .cache
-            .try_get_with(host.clone(), async move {
-                minted.inc();
+            .try_get_with(host.clone(), async {
+                minted.store(true, std::sync::atomic::Ordering::Relaxed);
                 ca.mint(&h).map(Arc::new)
             })
             .await;
-        let held = i64::try_from(self.cache.entry_count()).unwrap_or(i64::MAX);
-        self.metrics.leaf_certificates_cached.set(held);
+        if minted.into_inner() {
+            // Only after a mint (rare) is the entry count brought up to date for the gauge.
+            self.metrics.leaf_certificates_minted.inc();
+            self.cache.run_pending_tasks().await;
+            let held = i64::try_from(self.cache.entry_count()).unwrap_or(i64::MAX);
+            self.metrics.leaf_certificates_cached.set(held);
+        }
         got
     }
 

@@ -11,23 +11,44 @@ use crate::config::Config;
 /// Lanyard: short-lived, endpoint-scoped credentials for sandboxed agents,
 /// injected by an egress proxy the agent cannot bypass.
 #[derive(Debug, Parser)]
-#[command(name = "lanyard", version)]
+#[command(
+    name = "lanyard",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("LANYARD_COMMIT"), ")"),
+    after_help = EXAMPLES,
+)]
 pub struct Cli {
+    /// Log lines as human-readable text or as JSON objects.
+    #[arg(long, value_enum, global = true, default_value_t = crate::logging::LogFormat::Text)]
+    pub log_format: crate::logging::LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+const EXAMPLES: &str = "\
+Examples:
+  lanyard check --config lanyard.yaml          validate, print the endpoint table
+  lanyard run --config lanyard.yaml -- curl https://api.example.com/v1/items
+  lanyard proxy --config lanyard.yaml          the proxy alone (sidecar, or beside an agent)
+  lanyard ca export --config lanyard.yaml      the sandbox CA certificate, for a truststore
+  lanyard completions bash > /etc/bash_completion.d/lanyard";
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the egress proxy.
+    /// Run the egress proxy. Reloads its config on SIGHUP and when the file
+    /// changes; prints `listening on ADDR` (and `admin on ADDR`) on stdout.
+    #[command(
+        after_help = "Example:\n  LANYARD_LOG=debug lanyard proxy --config /etc/lanyard/lanyard.yaml"
+    )]
     Proxy {
         /// Path to lanyard.yaml.
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a config file: exit 0, or 64 naming the file, field and reason.
+    /// Validate a config file and print the resolved endpoint table: exit 0,
+    /// or 64 naming the file, field and reason.
+    #[command(after_help = "Example:\n  lanyard check --config lanyard.yaml")]
     Check {
         /// Path to lanyard.yaml.
         #[arg(long, short)]
@@ -35,7 +56,10 @@ pub enum Command {
     },
     /// Exit 0 once a running `lanyard proxy` with this config is ready: the
     /// agent's trust files exist and every listener accepts. For probes in
-    /// images without a shell (the chart's startup and liveness probes).
+    /// images without a shell (the chart's startup probe).
+    #[command(
+        after_help = "Example:\n  lanyard probe --config /etc/lanyard/lanyard.yaml && echo ready"
+    )]
     Probe {
         /// Path to lanyard.yaml.
         #[arg(long, short)]
@@ -43,6 +67,9 @@ pub enum Command {
     },
     /// Run an agent command that can reach the world only through Lanyard:
     /// `lanyard run --config lanyard.yaml -- CMD ARGS...`. Exits with the agent's status.
+    #[command(
+        after_help = "Examples:\n  lanyard run --config lanyard.yaml -- python3 agent.py\n  lanyard run --config lanyard.yaml -- curl -sS https://api.example.com/v1/items"
+    )]
     Run {
         /// Path to lanyard.yaml.
         #[arg(long, short)]
@@ -53,13 +80,39 @@ pub enum Command {
     },
     /// Install the pod's redirection rules for transparent interception
     /// (nftables, one `table inet lanyard`); the init container's job.
+    #[command(
+        after_help = "Example:\n  lanyard init --proxy-uid 15101 --port 15001 --admin-port 9901"
+    )]
     Init(crate::netinit::InitArgs),
+    /// The sandbox CA.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Print a shell completion script.
+    #[command(after_help = "Example:\n  lanyard completions zsh > \"${fpath[1]}/_lanyard\"")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Development tools. Never for production.
     #[command(subcommand)]
     Dev(DevCommand),
     /// Internal: the launcher `lanyard run` uses to become the agent.
     #[command(name = "__agent-exec", hide = true)]
     AgentExec(crate::run::launch::LaunchArgs),
+}
+
+/// `lanyard ca ...`.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Print the sandbox CA certificate (PEM) that agents must trust: from
+    /// `ca.cert_file`, the persisted `ca.key_dir`, or the `ca.pem` a running
+    /// Lanyard wrote into `ca.dir`.
+    #[command(after_help = "Example:\n  lanyard ca export --config lanyard.yaml > sandbox-ca.pem")]
+    Export {
+        /// Path to lanyard.yaml.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 /// `lanyard dev ...`.
@@ -82,36 +135,55 @@ pub enum DevCommand {
 
 /// Runs a parsed command line; returns the process exit status.
 pub fn run(cli: Cli) -> i32 {
+    let log = cli.log_format;
     match cli.command {
         Command::Check { config } => match crate::check(&config) {
-            Ok(notes) => {
-                println!("{}: ok", config.display());
-                for n in notes {
-                    println!("note: {n}");
+            Ok(checked) => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{}: ok", config.display());
+                let _ = write!(out, "{}", checked.table);
+                for n in checked.notes {
+                    let _ = writeln!(out, "note: {n}");
                 }
                 0
             }
             Err(e) => report(&e),
         },
-        Command::Proxy { config } => block_on(proxy(config)),
+        Command::Proxy { config } => block_on(log, proxy(config)),
         Command::Probe { config } => match crate::probe(&config) {
             Ok(()) => 0,
             Err(e) => report(&e),
         },
-        Command::Run { config, command } => block_on(crate::run::run(&config, command)),
+        Command::Run { config, command } => block_on(log, crate::run::run(&config, command)),
         Command::AgentExec(args) => crate::run::launch::exec(&args),
         Command::Init(args) => crate::netinit::run(&args),
+        Command::Ca(CaCommand::Export { config }) => match crate::ca_export(&config) {
+            Ok(pem) => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(pem.as_bytes());
+                0
+            }
+            Err(e) => report(&e),
+        },
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "lanyard", &mut std::io::stdout());
+            0
+        }
         Command::Dev(DevCommand::WorkloadApi {
             socket,
             spiffe_id,
             ttl,
-        }) => block_on(dev_workload_api(socket, spiffe_id, ttl)),
+        }) => block_on(log, dev_workload_api(socket, spiffe_id, ttl)),
     }
 }
 
 /// Runs `fut` on a fresh runtime with logging; `Ok` carries the exit status.
-fn block_on<T: ExitStatus>(fut: impl std::future::Future<Output = Result<T, Error>>) -> i32 {
-    crate::logging::init();
+fn block_on<T: ExitStatus>(
+    log: crate::logging::LogFormat,
+    fut: impl std::future::Future<Output = Result<T, Error>>,
+) -> i32 {
+    crate::logging::init(log);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -225,15 +225,23 @@ pub fn start_error(file: &Path, e: StartError) -> Error {
     }
 }
 
+/// What `lanyard check` found.
+#[derive(Debug)]
+pub struct Checked {
+    /// Problems only `lanyard run` would refuse (a hidden directory that
+    /// would hide the CA directory), which do not stop `lanyard proxy`.
+    pub notes: Vec<String>,
+    /// The resolved endpoint table, one line per rule, in match order.
+    pub table: String,
+}
+
 /// Checks a config as far as possible without binding: parse, validate, read
 /// token files and CA/upstream trust files, and `agent.*` as `lanyard run`
-/// would take it. Returns notes: problems that only `lanyard run` would
-/// refuse (a hidden directory that would hide the CA directory), which do
-/// not stop `lanyard proxy`.
-pub fn check(file: &Path) -> Result<Vec<String>, Error> {
+/// would take it.
+pub fn check(file: &Path) -> Result<Checked, Error> {
     let config = Config::load(file)?;
     let v = config.validate(file)?;
-    start_providers(&v, file)?;
+    let providers = start_providers(&v, file)?;
     let mut notes = Vec::new();
     match run::plan::plan(&v, file) {
         Ok(_) => {}
@@ -248,7 +256,98 @@ pub fn check(file: &Path) -> Result<Vec<String>, Error> {
     }
     lanyard_proxy::tls::UpstreamTls::new(&cfg.upstream_tls, &lanyard_proxy::tls::system_roots())
         .map_err(|e| ConfigFileError::from_field(file, e))?;
-    Ok(notes)
+    Ok(Checked {
+        notes,
+        table: endpoint_table(&v, &providers),
+    })
+}
+
+/// `lanyard check`'s table: every rule as the matcher holds it (normalised
+/// path, methods) with the credential it gets.
+fn endpoint_table(v: &Validated, providers: &Providers) -> String {
+    let mut rows = vec![
+        [
+            "RULE", "HOST", "PORT", "PATH", "METHODS", "PROVIDER", "GRANT", "AUDIENCE",
+        ]
+        .map(String::from),
+    ];
+    for (rule, e) in v.settings.router.rules().iter().zip(&v.endpoints) {
+        let grant = providers.grants.get(&rule.provider);
+        let key = grant.and_then(|g| g.keys().find(|(n, _)| *n == rule.name).map(|(_, k)| k));
+        let methods = rule.methods.as_ref().map_or_else(
+            || "*".to_owned(),
+            |m| {
+                m.iter()
+                    .map(http::Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
+        );
+        let tls = if rule.tls == lanyard_proxy::config::TlsMode::Passthrough {
+            " (passthrough)"
+        } else {
+            ""
+        };
+        rows.push([
+            rule.name.clone(),
+            format!("{}{tls}", e.host),
+            rule.port.to_string(),
+            rule.path.clone(),
+            methods,
+            rule.provider.clone(),
+            grant.map_or_else(|| "static".to_owned(), |g| format!("{:?}", g.grant())),
+            key.and_then(|k| k.params().audience.clone())
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `lanyard ca export`: the sandbox CA certificate agents must trust, from
+/// wherever this config keeps it.
+pub fn ca_export(file: &Path) -> Result<String, Error> {
+    let config = Config::load(file)?;
+    let ca = &config.ca;
+    let candidates: Vec<PathBuf> = [
+        ca.cert_file.clone(),
+        ca.key_dir.as_ref().map(|d| d.join("ca.pem")),
+        Some(ca.dir.join("ca.pem")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for path in &candidates {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if pem::parse(&text).is_ok_and(|p| p.tag() == "CERTIFICATE") {
+                return Ok(text);
+            }
+            return Err(Error::Start(format!(
+                "{} is not a PEM certificate",
+                path.display()
+            )));
+        }
+    }
+    Err(Error::Start(format!(
+        "no sandbox CA yet: this config generates one when Lanyard starts (looked in {}); start `lanyard proxy`, or set ca.key_dir so it persists",
+        candidates
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
 }
 
 /// `lanyard probe`: whether the proxy this config describes is up. Reads

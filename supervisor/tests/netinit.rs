@@ -27,10 +27,14 @@ v4 = socket.socket(socket.AF_INET); v4.setsockopt(socket.SOL_SOCKET, socket.SO_R
 v4.bind(("0.0.0.0", 15001)); v4.listen(16)
 v6 = socket.socket(socket.AF_INET6); v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
 v6.bind(("::", 15001)); v6.listen(16)
+admin = socket.socket(socket.AF_INET); admin.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+admin.bind(("0.0.0.0", 9901)); admin.listen(16)
 open(sys.argv[2], "w").close()
 while True:
-    for l in select.select([v4, v6], [], [])[0]:
+    for l in select.select([v4, v6, admin], [], [])[0]:
         c, _ = l.accept()
+        if l is admin:
+            c.sendall(b"admin\n"); c.close(); continue
         if l is v4:
             raw = c.getsockopt(socket.SOL_IP, 80, 16)
             port, ip = struct.unpack("!2xH4s8x", raw)
@@ -68,6 +72,8 @@ print(who, "tcp6", tcp("2001:db8:5::7", 443, socket.AF_INET6))
 print(who, "excluded_port", tcp("198.51.100.7", 9090))
 print(who, "udp", udp("198.51.100.7", 443))
 print(who, "dns", udp("192.0.2.53", 53))
+print(who, "admin_loopback", tcp("127.0.0.1", 9901))
+print(who, "admin_pod_ip", tcp("192.0.2.2", 9901))
 r = subprocess.run(["nft", "flush", "ruleset"], capture_output=True)
 print(who, "flush", "ok" if r.returncode == 0 else "denied")
 "#;
@@ -129,8 +135,8 @@ ip -6 addr add 2001:db8::2/64 dev d0 nodad
 ip link set d0 up
 ip route add default dev d0
 ip -6 route add default dev d0
-{lanyard} init --backend {backend} --proxy-uid {proxy} --agent-uid {agent} --exclude-port 9090 --dns 192.0.2.53
-{lanyard} init --backend {backend} --proxy-uid {proxy} --agent-uid {agent} --exclude-port 9090 --dns 192.0.2.53
+{lanyard} init --backend {backend} --proxy-uid {proxy} --agent-uid {agent} --exclude-port 9090 --admin-port 9901 --dns 192.0.2.53
+{lanyard} init --backend {backend} --proxy-uid {proxy} --agent-uid {agent} --exclude-port 9090 --admin-port 9901 --dns 192.0.2.53
 echo "installed=$({count})"
 setpriv --reuid={proxy} --regid={proxy} --clear-groups /usr/bin/python3 {listener} {log} {ready} >/dev/null 2>&1 &
 listener=$!
@@ -175,6 +181,11 @@ echo "after_cleanup=$({count})"
         "agent dns sent",
         // No capability: the rules stay.
         "agent flush denied",
+        // The admin listener is Lanyard's alone, on loopback and the pod address alike.
+        "agent admin_loopback error:111",
+        "agent admin_pod_ip error:111",
+        "proxy admin_loopback admin",
+        "proxy admin_pod_ip admin",
         // Lanyard's own connections are never redirected into itself.
         "proxy tcp4 timeout",
         "proxy tcp6 timeout",

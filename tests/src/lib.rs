@@ -30,6 +30,7 @@ use tokio_rustls::client::TlsStream;
 pub mod issuer;
 pub mod k8s;
 pub mod logs;
+pub mod ops;
 pub mod oracle;
 pub mod spire;
 

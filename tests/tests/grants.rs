@@ -696,3 +696,217 @@ async fn spiffe_id_is_requested_and_a_refusal_says_attestation() {
     };
     assert!(e.to_string().contains("spiffe.id"), "{e}");
 }
+
+#[tokio::test]
+async fn revoke_forces_a_new_exchange_and_a_refusing_issuer_then_gets_a_503() {
+    use lanyard_tests::ops::{self, value};
+    let env = Env::new(Duration::from_secs(300)).await;
+    let up = env.w.upstream("alpha", &["alpha.test"], &[H1]).await;
+    let port = up.addr.port();
+    let p = start(
+        &env.one_tx(
+            port,
+            "egress: { default: deny }\nadmin: { listen: 127.0.0.1:0 }\n",
+        ),
+        env.w.dir.path(),
+    )
+    .await;
+    let admin = p.admin.unwrap();
+    // Ready once the Workload API has answered, which the warm-up asks for at start.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ops::admin(admin, "GET", "/readyz", None).await.status != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let first = bearer(&fetch(&p, &up, "alpha.test", "/one").await);
+    assert_eq!(bearer(&fetch(&p, &up, "alpha.test", "/two").await), first);
+    assert_eq!(env.issuer.attempts(), 1, "the second request hit the cache");
+
+    let debug = ops::admin(admin, "GET", "/debug/endpoints", None).await;
+    let v: serde_json::Value = serde_json::from_str(&debug.body).unwrap();
+    let e = &v["endpoints"][0];
+    assert_eq!(e["name"], "alpha");
+    assert_eq!(e["provider"], "tx");
+    assert_eq!(e["grant"], "TokenExchange");
+    assert_eq!(e["audience"], "alpha");
+    assert_eq!(e["token"]["cached"], true);
+    assert!(e["token"]["valid_for_s"].as_u64().unwrap() > 60);
+    assert_eq!(v["spiffe_id"], SPIFFE_ID);
+
+    let r = ops::admin(admin, "POST", "/revoke", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let dropped: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(dropped["tokens"], 1);
+    assert!(dropped["svids"].as_u64().unwrap() >= 1);
+    let second = bearer(&fetch(&p, &up, "alpha.test", "/three").await);
+    assert_eq!(
+        env.issuer.attempts(),
+        2,
+        "the very next request exchanged again"
+    );
+    assert_ne!(second, first);
+
+    // The issuer now refuses this sandbox: after a revocation, no old token.
+    env.issuer.set_default(Mode::Reply(
+        400,
+        r#"{"error":"invalid_grant","error_description":"sandbox disabled"}"#.into(),
+    ));
+    let r = ops::admin(admin, "POST", "/revoke?provider=tx", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let refused = fetch(&p, &up, "alpha.test", "/four").await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.body
+    );
+    assert!(refused.body.contains("invalid_grant"), "{}", refused.body);
+    assert_eq!(env.issuer.attempts(), 3);
+    let debug = ops::admin(admin, "GET", "/debug/endpoints", None).await;
+    let v: serde_json::Value = serde_json::from_str(&debug.body).unwrap();
+    assert_eq!(v["endpoints"][0]["token"]["cached"], false);
+    assert!(
+        v["endpoints"][0]["token"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid_grant")
+    );
+
+    // A denial for the audit trail.
+    let (_s, r) = connect(p.addr, "elsewhere.test:443").await;
+    assert_eq!(r.status, 403);
+
+    let m = ops::metrics(admin, None).await;
+    let g = |name: &str, labels: &[(&str, &str)]| value(&m, name, labels);
+    assert_eq!(
+        g(
+            "lanyard_grant_exchanges_total",
+            &[("provider", "tx"), ("result", "ok")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        g(
+            "lanyard_grant_exchanges_total",
+            &[("provider", "tx"), ("result", "error")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        g(
+            "lanyard_grant_exchange_duration_seconds_count",
+            &[("provider", "tx")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        g(
+            "lanyard_requests_total",
+            &[("endpoint", "alpha"), ("outcome", "injected")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        g(
+            "lanyard_requests_total",
+            &[("endpoint", "alpha"), ("outcome", "credential_error")]
+        ),
+        1.0
+    );
+    assert_eq!(g("lanyard_revocations_total", &[("result", "all")]), 1.0);
+    assert_eq!(
+        g("lanyard_revocations_total", &[("result", "provider")]),
+        1.0
+    );
+    assert_eq!(
+        g(
+            "lanyard_cache_events_total",
+            &[("cache", "token"), ("event", "hit")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        g(
+            "lanyard_cache_events_total",
+            &[("cache", "token"), ("event", "miss")]
+        ),
+        3.0
+    );
+    assert!(g("lanyard_workload_api_fetches_total", &[("result", "ok")]) >= 2.0);
+
+    // The audit trail: the exchange, the injection it fed, the denial, the revocations.
+    let audit = p.audit();
+    let of = |kind: &str| {
+        audit
+            .iter()
+            .filter(|e| e["event"] == kind)
+            .collect::<Vec<_>>()
+    };
+    let exchanges = of("exchange");
+    assert_eq!(exchanges.len(), 3, "{audit:#?}");
+    let x = exchanges[0];
+    assert_eq!(x["provider"], "tx");
+    assert_eq!(x["issuer"], env.issuer.url.as_str());
+    assert_eq!(x["audience"], "alpha");
+    assert_eq!(x["scopes"], serde_json::json!([]));
+    assert_eq!(x["result"], "ok");
+    assert_eq!(x["spiffe_id"], SPIFFE_ID);
+    let token_id = x["token_id"].as_str().unwrap();
+    assert!(token_id.starts_with("hmac:"), "{token_id}");
+    assert_eq!(exchanges[2]["result"], "error");
+    assert!(
+        exchanges[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid_grant")
+    );
+    let requests = of("request");
+    assert_eq!(requests.len(), 4);
+    let r0 = requests[0];
+    assert_eq!(r0["endpoint"], "alpha");
+    assert_eq!(r0["provider"], "tx");
+    assert_eq!(r0["spiffe_id"], SPIFFE_ID);
+    assert_eq!(r0["method"], "GET");
+    assert_eq!(r0["path"], "/one");
+    assert_eq!(r0["upstream"], format!("127.0.0.1:{port}"));
+    assert_eq!(r0["status"], 200);
+    assert_eq!(r0["injected"], true);
+    assert_eq!(
+        r0["token_id"], token_id,
+        "the request names the token the exchange minted"
+    );
+    assert_ne!(requests[2]["token_id"], token_id);
+    let denied = of("denied");
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0]["reason"], "egress");
+    assert_eq!(denied[0]["spiffe_id"], SPIFFE_ID);
+    let revokes = of("revoke");
+    assert_eq!(revokes.len(), 2);
+    assert_eq!(revokes[0]["scope"], "all");
+    assert_eq!(revokes[1]["scope"], "provider");
+    assert_eq!(revokes[1]["target"], "tx");
+
+    // No token or SVID in metrics, /debug or the audit trail.
+    let svids: Vec<String> = env
+        .issuer
+        .forms()
+        .iter()
+        .map(|f| field(f, "subject_token").to_owned())
+        .collect();
+    let texts = [
+        ops::admin(admin, "GET", "/metrics", None).await.body,
+        ops::admin(admin, "GET", "/debug/endpoints", None)
+            .await
+            .body,
+        std::fs::read_to_string(env.w.dir.path().join("audit.jsonl")).unwrap(),
+    ];
+    for t in &texts {
+        for secret in svids.iter().chain([&first, &second]) {
+            assert!(!t.contains(secret.as_str()), "a credential leaked into {t}");
+        }
+    }
+    let mut all: Vec<&str> = svids.iter().map(String::as_str).collect();
+    all.extend([first.as_str(), second.as_str()]);
+    lanyard_tests::logs::assert_never_logged(&all);
+}

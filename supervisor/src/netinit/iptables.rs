@@ -110,6 +110,14 @@ pub fn render(rules: &Rules, family: Family, present: Present) -> String {
         s.push_str("COMMIT\n");
     }
     let _ = writeln!(s, "*filter\n:{CHAIN} - [0:0]");
+    for p in &rules.admin_ports {
+        rule(
+            &mut s,
+            &format!(
+                "-p tcp --dport {p} -m owner ! --uid-owner {uid} -j REJECT --reject-with tcp-reset"
+            ),
+        );
+    }
     rule(&mut s, "-o lo -j ACCEPT");
     rule(&mut s, &format!("-m owner --uid-owner {uid} -j ACCEPT"));
     rule(&mut s, "-m conntrack --ctstate DNAT -j ACCEPT");

@@ -48,6 +48,12 @@ pub struct InitArgs {
     /// Destination ports never redirected (repeatable).
     #[arg(long = "exclude-port")]
     pub exclude_ports: Vec<u16>,
+    /// Ports only Lanyard's uid may connect to, on any address of the pod,
+    /// loopback included (repeatable): the admin listener, whose `/revoke`
+    /// and `/debug` are not the agent's to use. Connections from outside the
+    /// pod (kubelet probes, Prometheus) are not affected.
+    #[arg(long = "admin-port")]
+    pub admin_ports: Vec<u16>,
     /// DNS servers the agent may reach on port 53 (repeatable; default: the
     /// nameservers in /etc/resolv.conf).
     #[arg(long = "dns")]
@@ -84,6 +90,8 @@ pub struct Rules {
     pub exclude: Vec<Cidr>,
     /// Excluded destination ports.
     pub exclude_ports: Vec<u16>,
+    /// Ports only Lanyard's uid may connect to.
+    pub admin_ports: Vec<u16>,
     /// DNS servers.
     pub dns: Vec<IpAddr>,
     /// Redirect IPv6 too.
@@ -127,11 +135,24 @@ impl Rules {
         let mut exclude_ports = a.exclude_ports.clone();
         exclude_ports.sort_unstable();
         exclude_ports.dedup();
+        if a.admin_ports.contains(&0) {
+            return Err("--admin-port: 0 is not a port".into());
+        }
+        if a.admin_ports.contains(&a.port) {
+            return Err(format!(
+                "--admin-port: {} is the transparent port, which the agent's traffic is redirected to",
+                a.port
+            ));
+        }
+        let mut admin_ports = a.admin_ports.clone();
+        admin_ports.sort_unstable();
+        admin_ports.dedup();
         Ok(Self {
             proxy_uid,
             port: a.port,
             exclude,
             exclude_ports,
+            admin_ports,
             dns,
             ipv6: !a.no_ipv6,
         })
@@ -217,6 +238,15 @@ impl Rules {
         }
         s.push_str("\t}\n");
         s.push_str("\tchain filter_output {\n\t\ttype filter hook output priority filter; policy accept;\n");
+        if !self.admin_ports.is_empty() {
+            // Before the loopback accept: the admin listener is on this pod's own addresses.
+            let ports: Vec<String> = self.admin_ports.iter().map(ToString::to_string).collect();
+            let _ = writeln!(
+                s,
+                "\t\ttcp dport {{ {} }} meta skuid != {uid} reject with tcp reset",
+                ports.join(", ")
+            );
+        }
         s.push_str("\t\toifname \"lo\" accept\n");
         let _ = writeln!(s, "\t\tmeta skuid {uid} accept");
         s.push_str("\t\tct status dnat accept\n");
@@ -416,6 +446,7 @@ mod tests {
             agent_uid: Some(1000),
             exclude_cidrs: vec!["192.0.2.0/24".into(), "2001:db8:1::/48".into()],
             exclude_ports: vec![9090, 9090, 15020],
+            admin_ports: vec![9901],
             dns: vec![],
             no_ipv6: false,
             dry_run: true,
