@@ -310,3 +310,218 @@ fn probe_says_ready_only_once_the_proxy_serves() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not accept"));
 }
+
+#[test]
+fn check_prints_the_resolved_endpoint_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write(
+        dir.path(),
+        "up.pem",
+        lanyard_examples::pki::Pki::new("x").unwrap().ca_pem(),
+    );
+    let text = base(dir.path(), &ca, 8443).replace(
+        "path: /api, provider: demo }",
+        "path: /api/./v1/, methods: [get, POST], provider: demo }",
+    );
+    let f = write(dir.path(), "lanyard.yaml", &text);
+    let out = Command::new(LANYARD)
+        .args(["check", "--config"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let lines: Vec<Vec<&str>> = stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines[0],
+        [
+            "RULE", "HOST", "PORT", "PATH", "METHODS", "PROVIDER", "GRANT", "AUDIENCE"
+        ]
+    );
+    assert_eq!(
+        lines[1],
+        [
+            "alpha",
+            "alpha.test",
+            "8443",
+            "/api/v1",
+            "GET,POST",
+            "demo",
+            "static",
+            "-"
+        ]
+    );
+}
+
+#[test]
+fn version_help_completions_and_ca_export() {
+    let run = |args: &[&str]| {
+        let out = Command::new(LANYARD).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, version, _) = run(&["--version"]);
+    assert_eq!(code, Some(0));
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
+    assert!(!head.is_empty(), "tests run from a git checkout");
+    assert_eq!(
+        version.trim(),
+        format!("lanyard {} ({head})", env!("CARGO_PKG_VERSION"))
+    );
+    let (_, help, _) = run(&["--help"]);
+    assert!(
+        help.contains("Examples:") && help.contains("example.com"),
+        "{help}"
+    );
+    for sub in ["run", "proxy", "check", "init"] {
+        let (code, help, _) = run(&[sub, "--help"]);
+        assert_eq!(code, Some(0));
+        assert!(help.contains("Example"), "{sub}: {help}");
+    }
+    let (code, script, _) = run(&["completions", "bash"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        script.contains("_lanyard()") && script.contains("completions"),
+        "{script}"
+    );
+
+    // ca export: nothing before the CA exists, the agent's ca.pem after.
+    let dir = tempfile::tempdir().unwrap();
+    let up = write(
+        dir.path(),
+        "up.pem",
+        lanyard_examples::pki::Pki::new("x").unwrap().ca_pem(),
+    );
+    let f = write(dir.path(), "lanyard.yaml", &base(dir.path(), &up, 8443));
+    let (code, _, err) = run(&["ca", "export", "--config", f.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no sandbox CA yet"), "{err}");
+    let proxy = Proxy::start(&f);
+    let (code, pem, err) = run(&["ca", "export", "--config", f.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        pem,
+        std::fs::read_to_string(dir.path().join("ca/ca.pem")).unwrap()
+    );
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    proxy.stop();
+}
+
+/// One admin request over a fresh connection: (status, body).
+fn admin_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head[9..12].parse().unwrap(), body.to_owned())
+}
+
+#[test]
+fn sighup_reloads_with_json_logs_and_the_admin_listener_reports_it() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let up = write(
+        dir.path(),
+        "up.pem",
+        lanyard_examples::pki::Pki::new("x").unwrap().ca_pem(),
+    );
+    let text = base(dir.path(), &up, 8443) + "admin: { listen: 127.0.0.1:0 }\n";
+    let f = write(dir.path(), "lanyard.yaml", &text);
+    let mut child = Command::new(LANYARD)
+        .args(["--log-format", "json", "proxy", "--config"])
+        .arg(&f)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut admin = None;
+    for _ in 0..3 {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        if let Some(a) = line.trim().strip_prefix("admin on ") {
+            admin = Some(a.to_owned());
+            break;
+        }
+    }
+    let admin = admin.expect("an `admin on ADDR` line");
+    assert_eq!(admin_get(&admin, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(
+        admin_get(&admin, "/readyz").0,
+        200,
+        "static providers need no Workload API"
+    );
+    let reloads = |admin: &str| {
+        let (_, m) = admin_get(admin, "/metrics");
+        m.lines()
+            .find(|l| l.starts_with("lanyard_config_reloads_total{result=\"applied\"}"))
+            .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+    };
+    assert_eq!(reloads(&admin), None);
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while reloads(&admin).as_deref() != Some("1") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reload"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    let events: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let msg = |e: &serde_json::Value| e["fields"]["message"].as_str().unwrap_or("").to_owned();
+    assert!(events.iter().any(|e| msg(e) == "config reloaded"), "{logs}");
+    assert!(
+        events.iter().any(|e| e["fields"]["trigger"] == "SIGHUP"),
+        "{logs}"
+    );
+    // The audit trail went to stderr too, as JSON lines of its own.
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "reload" && e["result"] == "applied"),
+        "{logs}"
+    );
+}

@@ -41,11 +41,13 @@ async fn token_never_reaches_logs_or_error_bodies() {
     .unwrap();
     let (tp, pp, bp) = (tls_up.addr.port(), plain_up.addr.port(), bad_up.addr.port());
     let yaml = format!(
-        "{}resolve: {{ alpha.test: 127.0.0.1, plain.test: 127.0.0.1, bad.test: 127.0.0.1 }}\nendpoints:\n  - {{ name: alpha, host: alpha.test, port: {tp}, provider: test-static }}\n  - {{ name: plain, host: plain.test, port: {pp}, provider: test-static }}\n  - {{ name: bad, host: bad.test, port: {bp}, provider: test-static }}\n  - {{ name: custom, host: alpha.test, port: {tp}, path: /custom, header: X-Api-Key, provider: test-static }}\n",
+        "{}resolve: {{ alpha.test: 127.0.0.1, plain.test: 127.0.0.1, bad.test: 127.0.0.1 }}\nendpoints:\n  - {{ name: alpha, host: alpha.test, port: {tp}, provider: test-static }}\n  - {{ name: plain, host: plain.test, port: {pp}, provider: test-static }}\n  - {{ name: bad, host: bad.test, port: {bp}, provider: test-static }}\n  - {{ name: custom, host: alpha.test, port: {tp}, path: /custom, header: X-Api-Key, provider: test-static }}\nadmin: {{ listen: 127.0.0.1:0 }}\n",
         w.base_yaml()
     );
     let p = start(&yaml, w.dir.path()).await;
     let mut bodies = Vec::new();
+    // What the admin listener and the audit trail expose, checked at the end.
+    let mut exposed: Vec<String> = Vec::new();
 
     for h2 in [false, true] {
         let auth = format!("alpha.test:{tp}");
@@ -111,6 +113,7 @@ async fn token_never_reaches_logs_or_error_bodies() {
     let r = c.send(get("/x", &format!("alpha.test:{tp}"))).await;
     assert_eq!(r.status, 503);
     bodies.push(r.body);
+    exposed.extend(admin_views(&p).await);
     p.shutdown().await;
 
     // The grant path: a JWT-SVID from the dev Workload API exchanged at an
@@ -136,7 +139,7 @@ async fn token_never_reaches_logs_or_error_bodies() {
         ),
     );
     let gyaml = format!(
-        "{}  tx: {{ token_grant: {{ token_endpoint: \"{}\", grant: token_exchange, extra_params: {{ client_secret: {EXTRA_SECRET} }} }} }}\nspiffe: {{ endpoint_socket: \"unix://{}\" }}\nresolve: {{ alpha.test: 127.0.0.1 }}\nendpoints:\n  - {{ name: ok, host: alpha.test, port: {tp}, path: /ok, provider: tx, audience: sec }}\n  - {{ name: fail, host: alpha.test, port: {tp}, path: /fail, provider: tx, audience: fail }}\n",
+        "{}  tx: {{ token_grant: {{ token_endpoint: \"{}\", grant: token_exchange, extra_params: {{ client_secret: {EXTRA_SECRET} }} }} }}\nspiffe: {{ endpoint_socket: \"unix://{}\" }}\nresolve: {{ alpha.test: 127.0.0.1 }}\nendpoints:\n  - {{ name: ok, host: alpha.test, port: {tp}, path: /ok, provider: tx, audience: sec }}\n  - {{ name: fail, host: alpha.test, port: {tp}, path: /fail, provider: tx, audience: fail }}\nadmin: {{ listen: 127.0.0.1:0 }}\n",
         w.base_yaml().replace(
             &w.dir.path().join("ca").display().to_string(),
             &w.dir.path().join("ca2").display().to_string()
@@ -162,7 +165,26 @@ async fn token_never_reaches_logs_or_error_bodies() {
         r.body
     );
     bodies.push(r.body);
+    exposed.extend(admin_views(&g).await);
     g.shutdown().await;
+    let svids: Vec<String> = issuer
+        .forms()
+        .iter()
+        .flatten()
+        .filter(|(k, _)| k == "subject_token")
+        .map(|(_, v)| v.clone())
+        .collect();
+    for view in &exposed {
+        for secret in [TOKEN, "tok-sec-1", EXTRA_SECRET, EXTRA_ENCODED]
+            .into_iter()
+            .chain(svids.iter().map(String::as_str))
+        {
+            assert!(
+                !view.contains(secret),
+                "a credential reached /metrics, /debug or the audit trail: {view}"
+            );
+        }
+    }
     let svid_sent = issuer
         .forms()
         .iter()
@@ -228,4 +250,22 @@ async fn token_never_reaches_logs_or_error_bodies() {
             assert!(!b.contains(needle), "error body leaks {needle}: {b}");
         }
     }
+}
+
+/// `/metrics`, `/debug/endpoints` and the audit trail of a running proxy.
+async fn admin_views(p: &Running) -> Vec<String> {
+    let admin = p.admin.expect("admin listener");
+    let mut out = Vec::new();
+    for path in ["/metrics", "/debug/endpoints"] {
+        let r = lanyard_tests::ops::admin(admin, "GET", path, None).await;
+        assert_eq!(r.status, 200, "{path}");
+        out.push(r.body);
+    }
+    let audit = p.audit();
+    assert!(
+        !audit.is_empty(),
+        "no audit events: the check proves nothing"
+    );
+    out.extend(audit.iter().map(ToString::to_string));
+    out
 }
