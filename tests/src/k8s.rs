@@ -195,7 +195,12 @@ fn secret_volumes(spec: &Value) -> Vec<String> {
                 || v.get("hostPath").is_some()
                 || matches!(
                     v["name"].as_str(),
-                    Some("spiffe-workload-api" | "lanyard-state" | "lanyard-ca-key")
+                    Some(
+                        "spiffe-workload-api"
+                            | "lanyard-state"
+                            | "lanyard-ca-key"
+                            | "lanyard-admin-token"
+                    )
                 )
         })
         .filter_map(|v| v["name"].as_str().map(str::to_owned))
@@ -224,6 +229,30 @@ pub fn violations(spec: &Value) -> Vec<String> {
     }
     if sidecar.get("startupProbe").is_none() {
         v.push("lanyard has no startup probe: the agent could start before it".into());
+    }
+    let admin_port = sidecar["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "admin")
+        .and_then(|p| p["containerPort"].as_u64());
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        let p = &sidecar[probe]["httpGet"];
+        if p["path"].as_str() != Some(path) || p["port"].as_str() != Some("admin") {
+            v.push(format!("lanyard's {probe} is not GET {path} on the admin port"));
+        }
+    }
+    if let Some((_, init)) = containers(spec).find(|(_, c)| name(c) == "lanyard-init") {
+        let guarded = admin_port.is_some_and(|port| {
+            init["args"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|a| a.as_str() == Some(&format!("--admin-port={port}")))
+        });
+        if !guarded {
+            v.push("lanyard-init does not keep the agent off the admin port (--admin-port)".into());
+        }
     }
     let lanyard_uid = sidecar["securityContext"]["runAsUser"].as_u64();
     if lanyard_uid.is_none_or(|u| u == 0) {

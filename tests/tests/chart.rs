@@ -193,6 +193,13 @@ fn the_security_check_fails_when_the_agent_gets_the_socket() {
         .unwrap()
         .remove("restartPolicy");
     assert!(violations(&s).iter().any(|v| v.contains("native sidecar")));
+    let mut s = spec.clone();
+    let args = s["initContainers"][0]["args"].as_array_mut().unwrap();
+    args.retain(|a| !a.as_str().unwrap_or("").starts_with("--admin-port"));
+    assert!(violations(&s).iter().any(|v| v.contains("--admin-port")));
+    let mut s = spec.clone();
+    s["initContainers"][1]["readinessProbe"]["httpGet"]["path"] = json!("/healthz");
+    assert!(violations(&s).iter().any(|v| v.contains("readinessProbe")));
     let mut s = spec;
     s["automountServiceAccountToken"] = json!(true);
     assert!(
@@ -232,6 +239,12 @@ fn the_chart_refuses_values_that_weaken_the_sandbox() {
         ),
         (&["bogus=1"], "bogus"),
         (&["workload.kind=DaemonSet"], "kind"),
+        (
+            &["lanyard.adminPort=15001"],
+            "lanyard.adminPort: 15001 is already the transparent or explicit port",
+        ),
+        (&["config.admin.listen=0.0.0.0:1"], "additional properties 'admin' not allowed"),
+        (&["config.endpoints[0].name=a b", "config.endpoints[0].host=x.test"], "name"),
     ] {
         let out = t.template(&[&base], sets);
         assert!(!out.ok, "{sets:?} rendered");

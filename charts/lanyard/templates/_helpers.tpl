@@ -37,6 +37,7 @@ app.kubernetes.io/instance: {{ .Release.Name | quote }}
 {{- define "lanyard.socketDir" -}}/run/spiffe/workload-api{{- end -}}
 {{- define "lanyard.caKeyDir" -}}/run/lanyard/ca-secret{{- end -}}
 {{- define "lanyard.upstreamCaDir" -}}/run/lanyard/upstream-ca{{- end -}}
+{{- define "lanyard.adminTokenDir" -}}/run/lanyard/admin-token{{- end -}}
 
 {{/*
 Refuses values that would weaken the sandbox. Each message names the value.
@@ -55,10 +56,13 @@ Refuses values that would weaken the sandbox. Each message names the value.
 {{- if eq (int $v.lanyard.uid) 0 -}}
 {{- fail "lanyard.uid: 0 would exempt every root process in the pod from redirection" -}}
 {{- end -}}
+{{- if or (eq (int $v.lanyard.adminPort) (int $v.lanyard.transparentPort)) (eq (int $v.lanyard.adminPort) (int $v.lanyard.explicitPort)) -}}
+{{- fail (printf "lanyard.adminPort: %d is already the transparent or explicit port" (int $v.lanyard.adminPort)) -}}
+{{- end -}}
 {{- if not $v.agent.image -}}
 {{- fail "agent.image: required (the sandbox's workload)" -}}
 {{- end -}}
-{{- range $key := list "listen" "transparent" "ca" "agent" "isolation" -}}
+{{- range $key := list "listen" "transparent" "ca" "agent" "isolation" "admin" -}}
 {{- if hasKey $v.config $key -}}
 {{- fail (printf "config.%s: set by the chart (see values.yaml: lanyard.*, ca.*, mode)" $key) -}}
 {{- end -}}
@@ -95,6 +99,11 @@ Refuses values that would weaken the sandbox. Each message names the value.
 {{- $_ := set $ca "key_dir" (printf "%s/ca" (include "lanyard.stateDir" .)) -}}
 {{- end -}}
 {{- $_ := set $cfg "ca" $ca -}}
+{{- $admin := dict "listen" (printf "%s:%d" (ternary "[::]" "0.0.0.0" $v.init.ipv6) (int $v.lanyard.adminPort)) -}}
+{{- if $v.lanyard.adminTokenSecret -}}
+{{- $_ := set $admin "token_file" (printf "%s/token" (include "lanyard.adminTokenDir" .)) -}}
+{{- end -}}
+{{- $_ := set $cfg "admin" $admin -}}
 {{- $spiffe := deepCopy (default dict $cfg.spiffe) -}}
 {{- $_ := set $spiffe "endpoint_socket" (printf "unix://%s/%s" (include "lanyard.socketDir" .) $v.spiffe.socketName) -}}
 {{- if $v.spiffe.id -}}

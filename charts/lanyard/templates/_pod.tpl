@@ -42,6 +42,7 @@ initContainers:
       - --proxy-uid={{ int $v.lanyard.uid }}
       - --agent-uid={{ int $v.agent.uid }}
       - --port={{ int $v.lanyard.transparentPort }}
+      - --admin-port={{ int $v.lanyard.adminPort }}
       {{- if not $v.init.ipv6 }}
       - --no-ipv6
       {{- end }}
@@ -73,15 +74,33 @@ initContainers:
     # A native sidecar: started before the agent, kept running beside it,
     # stopped after it.
     restartPolicy: Always
-    args: [proxy, --config, {{ $configPath }}]
+    args: [--log-format, {{ $v.lanyard.logFormat }}, proxy, --config, {{ $configPath }}]
     env:
       - name: LANYARD_LOG
         value: {{ $v.lanyard.logLevel | quote }}
+    ports:
+      - name: admin
+        containerPort: {{ int $v.lanyard.adminPort }}
+        protocol: TCP
     startupProbe:
       exec:
         command: [/usr/local/bin/lanyard, probe, --config, {{ $configPath }}]
       periodSeconds: {{ int $v.lanyard.startupProbe.periodSeconds }}
       failureThreshold: {{ int $v.lanyard.startupProbe.failureThreshold }}
+      timeoutSeconds: 3
+    livenessProbe:
+      httpGet:
+        path: /healthz
+        port: admin
+      periodSeconds: {{ int $v.lanyard.livenessProbe.periodSeconds }}
+      failureThreshold: {{ int $v.lanyard.livenessProbe.failureThreshold }}
+      timeoutSeconds: 3
+    readinessProbe:
+      httpGet:
+        path: /readyz
+        port: admin
+      periodSeconds: {{ int $v.lanyard.readinessProbe.periodSeconds }}
+      failureThreshold: {{ int $v.lanyard.readinessProbe.failureThreshold }}
       timeoutSeconds: 3
     securityContext:
       runAsUser: {{ int $v.lanyard.uid }}
@@ -111,6 +130,11 @@ initContainers:
       - name: spiffe-workload-api
         mountPath: {{ include "lanyard.socketDir" . }}
         readOnly: true
+      {{- if $v.lanyard.adminTokenSecret }}
+      - name: lanyard-admin-token
+        mountPath: {{ include "lanyard.adminTokenDir" . }}
+        readOnly: true
+      {{- end }}
       {{- if or $v.upstreamCa.configMap $v.upstreamCa.secret }}
       - name: lanyard-upstream-ca
         mountPath: {{ include "lanyard.upstreamCaDir" . }}
@@ -209,6 +233,12 @@ volumes:
       driver: {{ $v.spiffe.csiDriver }}
       readOnly: true
     {{- end }}
+  {{- if $v.lanyard.adminTokenSecret }}
+  - name: lanyard-admin-token
+    secret:
+      secretName: {{ $v.lanyard.adminTokenSecret }}
+      defaultMode: 0400
+  {{- end }}
   {{- if $v.upstreamCa.configMap }}
   - name: lanyard-upstream-ca
     configMap:
