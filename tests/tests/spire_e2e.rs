@@ -185,6 +185,41 @@ async fn every_grant_through_real_spire() {
             .all(|s| s == AGENT_ID)
     );
     assert_eq!(d.beta.accepted.lock().unwrap().len(), 1);
+
+    // The audit trail names the workload by the SPIFFE ID SPIRE attested,
+    // and each injected token by the jti the issuer gave it.
+    let audit = p.audit();
+    let exchanges: Vec<_> = audit.iter().filter(|e| e["event"] == "exchange").collect();
+    assert_eq!(exchanges.len(), 5, "{audit:#?}");
+    let beta_x = exchanges
+        .iter()
+        .find(|e| e["audience"] == "beta")
+        .expect("beta's exchange");
+    assert_eq!(beta_x["provider"], "tx");
+    assert_eq!(beta_x["issuer"], format!("{}/token", d.issuer.url));
+    assert_eq!(beta_x["scopes"], serde_json::json!(["beta.read"]));
+    assert_eq!(beta_x["result"], "ok");
+    assert_eq!(beta_x["spiffe_id"], AGENT_ID);
+    let jti = beta_x["token_id"].as_str().unwrap();
+    assert!(jti.starts_with("jti:") && jti.len() > 8, "{jti}");
+    let beta_r = audit
+        .iter()
+        .find(|e| e["event"] == "request" && e["endpoint"] == "beta")
+        .expect("beta's request");
+    assert_eq!(beta_r["spiffe_id"], AGENT_ID);
+    assert_eq!(beta_r["provider"], "tx");
+    assert_eq!(beta_r["method"], "GET");
+    assert_eq!(beta_r["path"], "/");
+    assert_eq!(beta_r["upstream"], format!("127.0.0.1:{}", d.beta.addr.port()));
+    assert_eq!(beta_r["status"], 200);
+    assert_eq!(beta_r["injected"], true);
+    assert_eq!(beta_r["token_id"], jti);
+    // The jwt_svid endpoint's token is a SPIRE SVID, which carries no jti.
+    let direct = audit
+        .iter()
+        .find(|e| e["event"] == "request" && e["endpoint"] == "direct")
+        .expect("direct's request");
+    assert!(direct["token_id"].as_str().unwrap().starts_with("hmac:"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
