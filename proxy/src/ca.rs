@@ -138,8 +138,8 @@ impl SandboxCa {
         let key_pem = zeroize::Zeroizing::new(ca.issuer.key().serialize_pem());
         // The key lands first: a crash between the two leaves no certificate
         // without its key, and the next start finds half a pair and says so.
-        write_atomically(&key, &key_pem, 0o600).map_err(io(&key))?;
-        write_atomically(&cert, &ca.cert_pem, 0o644).map_err(io(&cert))?;
+        write_atomically(&key, key_pem.as_bytes(), 0o600).map_err(io(&key))?;
+        write_atomically(&cert, ca.cert_pem.as_bytes(), 0o644).map_err(io(&cert))?;
         Ok(ca)
     }
 
@@ -174,10 +174,27 @@ impl SandboxCa {
         let files = TrustFiles {
             ca_pem: dir.join("ca.pem"),
             bundle_pem: dir.join("bundle.pem"),
+            truststore_p12: dir.join("truststore.p12"),
+            wgetrc: dir.join("wgetrc"),
         };
+        // Java: the same certificates as the bundle, the sandbox CA first.
+        let entries: Vec<(String, CertificateDer<'_>)> =
+            std::iter::once(("lanyard-sandbox-ca".to_owned(), self.cert_der.clone()))
+                .chain(
+                    roots
+                        .iter()
+                        .enumerate()
+                        .map(|(i, der)| (format!("root-{i}"), der.clone())),
+                )
+                .collect();
+        let p12 = crate::truststore::encode(&entries);
+        // wget reads neither SSL_CERT_FILE nor a CA directory by default.
+        let wgetrc = format!("ca_certificate = {}\n", files.bundle_pem.display());
         for (path, body) in [
-            (&files.ca_pem, self.cert_pem.as_str()),
-            (&files.bundle_pem, &bundle),
+            (&files.ca_pem, self.cert_pem.as_bytes()),
+            (&files.bundle_pem, bundle.as_bytes()),
+            (&files.truststore_p12, p12.as_slice()),
+            (&files.wgetrc, wgetrc.as_bytes()),
         ] {
             write_atomically(path, body, 0o644).map_err(io(path))?;
         }
@@ -251,7 +268,7 @@ fn check_ca_pair(cert_der: &CertificateDer<'_>, key: &KeyPair) -> Result<(), Str
 /// directory: created exclusively (a planted file or symlink at the
 /// temporary name makes this fail rather than be followed), mode set on the
 /// open file, then renamed over `path` (which replaces a link, never follows it).
-fn write_atomically(path: &Path, body: &str, mode: u32) -> std::io::Result<()> {
+fn write_atomically(path: &Path, body: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -276,7 +293,7 @@ fn write_atomically(path: &Path, body: &str, mode: u32) -> std::io::Result<()> {
             Err(e) => return Err(e),
         };
         let done = file
-            .write_all(body.as_bytes())
+            .write_all(body)
             .and_then(|()| file.set_permissions(std::fs::Permissions::from_mode(mode)))
             .and_then(|()| file.sync_all())
             .and_then(|()| std::fs::rename(&tmp, path));
@@ -327,6 +344,10 @@ pub struct TrustFiles {
     pub ca_pem: PathBuf,
     /// System roots plus the sandbox CA.
     pub bundle_pem: PathBuf,
+    /// The same certificates as a PKCS#12 truststore, for Java.
+    pub truststore_p12: PathBuf,
+    /// A wgetrc naming the bundle, for wget.
+    pub wgetrc: PathBuf,
 }
 
 /// Leaf certificates by host: bounded (least-recently-used entries go first,

@@ -31,6 +31,7 @@ pub mod settings;
 pub mod source;
 pub mod tls;
 pub mod transparent;
+pub mod truststore;
 mod upstream;
 
 pub use ca::{CertCache, SandboxCa, TrustFiles};

@@ -297,3 +297,85 @@ fn dump(child: &mut Child) -> String {
     }
     s
 }
+
+/// An HTTPS GET the way most Java code does it: `HttpsURLConnection`, no
+/// proxy or trust settings of its own. Only `JAVA_TOOL_OPTIONS` makes it
+/// go through Lanyard and trust the sandbox CA.
+const JAVA_FETCH: &str = r#"
+public class Fetch {
+    public static void main(String[] args) throws Exception {
+        var c = (javax.net.ssl.HttpsURLConnection) new java.net.URL(args[0]).openConnection();
+        System.out.println("java status=" + c.getResponseCode());
+        System.out.print(new String(c.getInputStream().readAllBytes()));
+    }
+}
+"#;
+
+#[test]
+fn java_and_wget_agents_need_no_settings_of_their_own() {
+    require_root();
+    let dir = open_dir();
+    let pki = lanyard_examples::pki::Pki::new("upstream CA").unwrap();
+    let up_ca = dir.path().join("up-ca.pem");
+    pki.write_ca(&up_ca).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let up = rt
+        .block_on(lanyard_examples::echo::start(
+            "127.0.0.1:0".parse().unwrap(),
+            "alpha",
+            Some(
+                pki.leaf(&["alpha.test"])
+                    .unwrap()
+                    .server_config(&[b"http/1.1"])
+                    .unwrap(),
+            ),
+        ))
+        .unwrap();
+    let port = up.addr.port();
+    let java = dir.path().join("Fetch.java");
+    std::fs::write(&java, JAVA_FETCH).unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "upstream_tls: {{ extra_ca_files: [{ca}] }}\nresolve: {{ alpha.test: 127.0.0.1 }}\nendpoints:\n  - {{ name: alpha, host: alpha.test, port: {port}, provider: s }}\nagent: {{ read_only: [{java}] }}\n",
+            ca = up_ca.display(),
+            java = java.display(),
+        ),
+    );
+    let script = format!(
+        "wget -q -O - https://alpha.test:{port}/wget && echo wget=ok\njava {java} https://alpha.test:{port}/java\necho done\n",
+        java = java.display()
+    );
+    let mut child = Command::new(LANYARD)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .args(["--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let lines = lines_until(&mut out, "done");
+    let (code, _, err) = finish(child);
+    assert_eq!(code, Some(0), "{lines:?}\n{err}");
+    for want in [
+        "wget=ok",
+        "java status=200",
+        "path: /wget",
+        "path: /java",
+        "authorization: Bearer static-token-never-seen-by-agent",
+    ] {
+        assert!(
+            lines.iter().any(|l| l == want),
+            "missing {want:?} in {lines:?}\n{err}"
+        );
+    }
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| *l == "authorization: Bearer static-token-never-seen-by-agent")
+            .count(),
+        2,
+        "both clients got the credential: {lines:?}"
+    );
+}

@@ -239,7 +239,9 @@ pub fn violations(spec: &Value) -> Vec<String> {
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         let p = &sidecar[probe]["httpGet"];
         if p["path"].as_str() != Some(path) || p["port"].as_str() != Some("admin") {
-            v.push(format!("lanyard's {probe} is not GET {path} on the admin port"));
+            v.push(format!(
+                "lanyard's {probe} is not GET {path} on the admin port"
+            ));
         }
     }
     if let Some((_, init)) = containers(spec).find(|(_, c)| name(c) == "lanyard-init") {

@@ -243,8 +243,17 @@ fn the_chart_refuses_values_that_weaken_the_sandbox() {
             &["lanyard.adminPort=15001"],
             "lanyard.adminPort: 15001 is already the transparent or explicit port",
         ),
-        (&["config.admin.listen=0.0.0.0:1"], "additional properties 'admin' not allowed"),
-        (&["config.endpoints[0].name=a b", "config.endpoints[0].host=x.test"], "name"),
+        (
+            &["config.admin.listen=0.0.0.0:1"],
+            "additional properties 'admin' not allowed",
+        ),
+        (
+            &[
+                "config.endpoints[0].name=a b",
+                "config.endpoints[0].host=x.test",
+            ],
+            "name",
+        ),
     ] {
         let out = t.template(&[&base], sets);
         assert!(!out.ok, "{sets:?} rendered");

@@ -210,7 +210,10 @@ async fn every_grant_through_real_spire() {
     assert_eq!(beta_r["provider"], "tx");
     assert_eq!(beta_r["method"], "GET");
     assert_eq!(beta_r["path"], "/");
-    assert_eq!(beta_r["upstream"], format!("127.0.0.1:{}", d.beta.addr.port()));
+    assert_eq!(
+        beta_r["upstream"],
+        format!("127.0.0.1:{}", d.beta.addr.port())
+    );
     assert_eq!(beta_r["status"], 200);
     assert_eq!(beta_r["injected"], true);
     assert_eq!(beta_r["token_id"], jti);

@@ -164,6 +164,12 @@ containers:
       {{- end }}
       - name: NODE_EXTRA_CA_CERTS
         value: {{ printf "%s/ca.pem" $caDir }}
+      # wget reads its CA from a wgetrc; Java from a PKCS#12 truststore
+      # (and, in explicit mode, its proxy from system properties).
+      - name: WGETRC
+        value: {{ printf "%s/wgetrc" $caDir }}
+      - name: JAVA_TOOL_OPTIONS
+        value: {{ printf "-Djavax.net.ssl.trustStore=%s/truststore.p12 -Djavax.net.ssl.trustStoreType=PKCS12" $caDir }}{{ if eq $v.mode "explicit" }}{{ printf " -Dhttp.proxyHost=127.0.0.1 -Dhttp.proxyPort=%d -Dhttps.proxyHost=127.0.0.1 -Dhttps.proxyPort=%d -Dhttp.nonProxyHosts=localhost|127.0.0.1|[::1]" (int $v.lanyard.explicitPort) (int $v.lanyard.explicitPort) }}{{ end }}
       {{- if eq $v.mode "explicit" }}
       {{- $proxy := printf "http://127.0.0.1:%d" (int $v.lanyard.explicitPort) }}
       {{- range list "HTTP_PROXY" "HTTPS_PROXY" "ALL_PROXY" "http_proxy" "https_proxy" "all_proxy" }}

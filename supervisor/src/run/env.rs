@@ -83,7 +83,7 @@ pub fn managed(name: &str) -> bool {
         || BUNDLE_VARS.contains(&name)
         || matches!(
             name,
-            "NO_PROXY" | "no_proxy" | "NODE_EXTRA_CA_CERTS" | "NODE_USE_ENV_PROXY"
+            "NO_PROXY" | "no_proxy" | "NODE_EXTRA_CA_CERTS" | "NODE_USE_ENV_PROXY" | "WGETRC"
         )
 }
 
@@ -128,13 +128,29 @@ pub fn check(cfg: &AgentEnv) -> Result<(), (String, String)> {
     Ok(())
 }
 
+/// `JAVA_TOOL_OPTIONS` for a JVM agent: the proxy (Java ignores
+/// `HTTPS_PROXY`) and the PKCS#12 truststore (Java reads no PEM file and no
+/// `SSL_CERT_FILE`). `None` when the path holds whitespace, which the JVM
+/// would split the option at.
+pub fn java_tool_options(proxy_port: u16, truststore: &Path) -> Option<String> {
+    let store = truststore.display().to_string();
+    if store.chars().any(char::is_whitespace) {
+        return None;
+    }
+    Some(format!(
+        "-Djavax.net.ssl.trustStore={store} -Djavax.net.ssl.trustStoreType=PKCS12 \
+         -Dhttp.proxyHost=127.0.0.1 -Dhttp.proxyPort={proxy_port} \
+         -Dhttps.proxyHost=127.0.0.1 -Dhttps.proxyPort={proxy_port} \
+         -Dhttp.nonProxyHosts=localhost|127.0.0.1|[::1]"
+    ))
+}
+
 /// The complete environment for the agent.
 pub fn build<I>(
     inherited: I,
     cfg: &AgentEnv,
     proxy_port: u16,
-    ca_pem: &Path,
-    bundle_pem: &Path,
+    trust: &lanyard_proxy::TrustFiles,
 ) -> BTreeMap<String, String>
 where
     I: IntoIterator<Item = (String, String)>,
@@ -163,12 +179,32 @@ where
         env.insert(k.to_owned(), "localhost,127.0.0.1,::1".to_owned());
     }
     env.insert("NODE_USE_ENV_PROXY".into(), "1".into());
-    let bundle = bundle_pem.display().to_string();
+    let bundle = trust.bundle_pem.display().to_string();
     for k in BUNDLE_VARS {
         env.insert((*k).to_owned(), bundle.clone());
     }
     // Node adds this to its built-in roots, so the CA alone is right here.
-    env.insert("NODE_EXTRA_CA_CERTS".into(), ca_pem.display().to_string());
+    env.insert(
+        "NODE_EXTRA_CA_CERTS".into(),
+        trust.ca_pem.display().to_string(),
+    );
+    env.insert("WGETRC".into(), trust.wgetrc.display().to_string());
+    match java_tool_options(proxy_port, &trust.truststore_p12) {
+        // Options the config sets for the JVM (heap size...) come after
+        // Lanyard's, and win where they repeat one.
+        Some(ours) => {
+            let theirs = env.remove("JAVA_TOOL_OPTIONS");
+            let all = match theirs {
+                Some(t) if !t.trim().is_empty() => format!("{ours} {t}"),
+                _ => ours,
+            };
+            env.insert("JAVA_TOOL_OPTIONS".into(), all);
+        }
+        None => tracing::warn!(
+            truststore = %trust.truststore_p12.display(),
+            "the truststore path holds whitespace: JAVA_TOOL_OPTIONS is not set, so Java agents will not trust the sandbox CA"
+        ),
+    }
     env
 }
 
@@ -205,13 +241,10 @@ mod tests {
             deny: vec!["AWS_SECRET_*".into()],
             set: [("GREETING".to_owned(), "hi".to_owned())].into(),
         };
-        let env = build(
-            inherited(),
-            &cfg,
-            3128,
-            Path::new("/ca/ca.pem"),
-            Path::new("/ca/bundle.pem"),
-        );
+        let mut cfg = cfg;
+        cfg.set
+            .insert("JAVA_TOOL_OPTIONS".into(), "-Xmx256m".into());
+        let env = build(inherited(), &cfg, 3128, &trust("/ca"));
         assert_eq!(env["PATH"], "/usr/bin");
         assert_eq!(env["LC_CTYPE"], "C.UTF-8");
         assert_eq!(env["GREETING"], "hi");
@@ -234,6 +267,37 @@ mod tests {
             assert_eq!(env[*k], "/ca/bundle.pem", "{k}");
         }
         assert_eq!(env["NODE_EXTRA_CA_CERTS"], "/ca/ca.pem");
+        assert_eq!(env["WGETRC"], "/ca/wgetrc");
+        let java: Vec<&str> = env["JAVA_TOOL_OPTIONS"].split_whitespace().collect();
+        assert_eq!(
+            java,
+            [
+                "-Djavax.net.ssl.trustStore=/ca/truststore.p12",
+                "-Djavax.net.ssl.trustStoreType=PKCS12",
+                "-Dhttp.proxyHost=127.0.0.1",
+                "-Dhttp.proxyPort=3128",
+                "-Dhttps.proxyHost=127.0.0.1",
+                "-Dhttps.proxyPort=3128",
+                "-Dhttp.nonProxyHosts=localhost|127.0.0.1|[::1]",
+                "-Xmx256m",
+            ],
+            "Lanyard's options first, the config's after (and winning)"
+        );
+        let spaced = build(inherited(), &AgentEnv::default(), 1, &trust("/my ca"));
+        assert!(
+            !spaced.contains_key("JAVA_TOOL_OPTIONS"),
+            "would be split at the space"
+        );
+    }
+
+    fn trust(dir: &str) -> lanyard_proxy::TrustFiles {
+        let d = Path::new(dir);
+        lanyard_proxy::TrustFiles {
+            ca_pem: d.join("ca.pem"),
+            bundle_pem: d.join("bundle.pem"),
+            truststore_p12: d.join("truststore.p12"),
+            wgetrc: d.join("wgetrc"),
+        }
     }
 
     #[test]
@@ -262,7 +326,7 @@ mod tests {
             deny: vec!["*SECRET*".into()],
             set: BTreeMap::new(),
         };
-        let env = build(inherited(), &cfg, 1, Path::new("/c"), Path::new("/b"));
+        let env = build(inherited(), &cfg, 1, &trust("/c"));
         assert!(!env.contains_key("AWS_SECRET_ACCESS_KEY"), "{env:?}");
         assert_eq!(env["EDITOR"], "vi");
     }

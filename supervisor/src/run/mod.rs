@@ -105,9 +105,11 @@ pub async fn run(file: &Path, command: Vec<OsString>) -> Result<i32, Error> {
         create_hidden_dir(d).map_err(Error::Start)?;
         tracing::info!(dir = %d.display(), "created a missing directory so that it stays hidden from the agent");
     }
-    if let Some((uid, gid)) = ids {
-        warn_if_reachable(&plan.hide_dirs, uid, gid);
-    }
+    let (agent_uid, agent_gid) = ids.unwrap_or((
+        nix::unistd::Uid::effective().as_raw(),
+        nix::unistd::Gid::effective().as_raw(),
+    ));
+    warn_if_reachable(&plan.hide_dirs, agent_uid, agent_gid, full);
     let scratch = state.join("scratch");
     let mounts = if full {
         uid::private_dir(&scratch).map_err(Error::Start)?;
@@ -169,13 +171,7 @@ pub async fn run(file: &Path, command: Vec<OsString>) -> Result<i32, Error> {
         .local_addr()
         .map_err(|e| Error::Start(e.to_string()))?;
     let trust = proxy.trust_files().clone();
-    let agent_env = env::build(
-        std::env::vars(),
-        &agent_cfg.env,
-        bound.port(),
-        &trust.ca_pem,
-        &trust.bundle_pem,
-    );
+    let agent_env = env::build(std::env::vars(), &agent_cfg.env, bound.port(), &trust);
     let mut agent_env = agent_env;
     if full && plan.filesystem == Filesystem::Minimal && !agent_cfg.env.set.contains_key("HOME") {
         // Lanyard's own HOME does not exist in a minimal root.
@@ -371,8 +367,41 @@ fn forward(init: Pid, sig: Signal) {
 /// The tmpfs cover is the second lock; the first is that the agent's uid
 /// cannot enter these directories at all. Lanyard does not own them (SPIRE
 /// does), so it reports rather than changes their modes.
-fn warn_if_reachable(dirs: &[PathBuf], uid: u32, gid: u32) {
+/// Warns about the directories holding Lanyard's secrets (Workload API
+/// socket, token files, CA key) that the agent's uid could enter. File modes
+/// are the second line of defence behind the hiding mounts (`hidden`), and
+/// the only one under `isolation: none`; for root, and for Lanyard's own
+/// uid, they are no defence at all, which gets one warning of its own.
+fn warn_if_reachable(dirs: &[PathBuf], uid: u32, gid: u32, hidden: bool) {
     use std::os::unix::fs::MetadataExt;
+    if dirs.is_empty() {
+        return;
+    }
+    let list = || {
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let guard = if hidden {
+        "only the mounts that hide them keep it out"
+    } else {
+        "nothing keeps it out (isolation: none)"
+    };
+    if uid == 0 {
+        tracing::warn!(
+            dirs = %list(),
+            "the agent runs as root, which file modes do not stop: {guard}; set agent.user to an unprivileged user"
+        );
+        return;
+    }
+    if uid == nix::unistd::Uid::effective().as_raw() {
+        tracing::warn!(
+            dirs = %list(),
+            "the agent runs as Lanyard's own uid {uid} and can open whatever Lanyard can: {guard}; set agent.user to another user"
+        );
+        return;
+    }
     for d in dirs {
         let Ok(m) = std::fs::metadata(d) else {
             continue;
@@ -386,10 +415,16 @@ fn warn_if_reachable(dirs: &[PathBuf], uid: u32, gid: u32) {
             mode & 0o001 != 0
         };
         if traversable {
+            let what = if hidden {
+                "the agent's uid could enter this directory if it were not hidden"
+            } else {
+                "the agent's uid can enter this directory (isolation: none hides nothing)"
+            };
             tracing::warn!(
                 dir = %d.display(),
                 mode = format!("{:o}", mode & 0o7777),
-                "the agent's uid could enter this directory if it were not hidden; make it 0700 for its owner"
+                uid,
+                "{what}; make it 0700 for an owner other than the agent"
             );
         }
     }
