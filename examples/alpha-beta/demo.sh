@@ -133,7 +133,10 @@ endpoints:
 egress: { default: deny }
 # The agent sees the system directories (read-only), the CA bundle, and its script; nothing else.
 agent: { read_only: [$work/agent.sh] }
+# One JSON line per exchange and per injected request: who (SPIFFE ID), where, which token (its jti).
+audit: { file: $work/audit/audit.jsonl }
 YAML
+mkdir -p -m 700 "$work/audit"
 bold "lanyard.yaml"
 cat "$work/lanyard.yaml"
 
@@ -175,6 +178,19 @@ expect "agent: alpha unreachable without the proxy"
 grep -q "eyJ" "$work/agent.out" && fail "a token or SVID reached the agent"
 echo "ok: no token or SVID in anything the agent saw"
 grep -h "accepted" "$work/alpha.out.err" "$work/beta.out.err" | sed 's/^/service log: /'
+bold "audit trail ($work/audit/audit.jsonl)"
+cat "$work/audit/audit.jsonl"
+python3 - "$work/audit/audit.jsonl" "spiffe://$td/sandbox/agent-1" <<'PY' || fail "the audit trail does not record both injections"
+import json, sys
+events = [json.loads(l) for l in open(sys.argv[1])]
+for name in ("alpha", "beta"):
+    req = [e for e in events if e["event"] == "request" and e["endpoint"] == name]
+    x = [e for e in events if e["event"] == "exchange" and e["audience"] == name]
+    assert req and x, name
+    assert req[0]["spiffe_id"] == sys.argv[2] and req[0]["injected"], req[0]
+    assert req[0]["token_id"].startswith("jti:") and req[0]["token_id"] == x[0]["token_id"], (req[0], x[0])
+PY
+echo "ok: each injection is audited with the sandbox's SPIFFE ID and the jti of the token it got"
 demo_ok=1
 bold "demo OK"
 if [ "${KEEP:-}" = 1 ]; then

@@ -353,7 +353,7 @@ async fn reload_under_load_rejects_a_bad_config_and_applies_a_good_one() {
     for l in load {
         l.await.unwrap();
     }
-    let failed = failed.lock().unwrap();
+    let failed = failed.lock().unwrap().clone();
     assert!(
         failed.is_empty(),
         "{} requests failed: {:?}",
