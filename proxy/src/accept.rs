@@ -246,10 +246,12 @@ impl Front {
             return e.to_response().map(Either::Right);
         }
         if req.method() == Method::CONNECT {
+            let dest = req.uri().authority().map_or("-", |a| a.as_str()).to_owned();
             return match self.connect(req).await {
                 Ok(r) => r,
                 Err(e) => {
                     info!(status = e.status().as_u16(), error = ?e.to_string(), "CONNECT refused");
+                    self.shared.telemetry.connection_failed(&e, &dest);
                     e.to_response().map(Either::Right)
                 }
             };
@@ -303,11 +305,9 @@ impl Front {
             ConnectPlan::Passthrough => (Purpose::Endpoint, "passthrough"),
             ConnectPlan::Unmatched => match shared.settings.egress.decide(&target) {
                 EgressDecision::Deny(rule) => {
-                    let detail = format!("CONNECT to {target} denied by {rule}");
-                    shared
-                        .telemetry
-                        .denied_connection("egress", &target.to_string(), &detail);
-                    return Err(ProxyError::Denied(detail));
+                    return Err(ProxyError::Denied(format!(
+                        "CONNECT to {target} denied by {rule}"
+                    )));
                 }
                 EgressDecision::Allow(_) => (Purpose::Egress, "tunnel"),
             },

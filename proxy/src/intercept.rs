@@ -107,8 +107,8 @@ pub(crate) async fn run<IO>(
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
             let (reason, hint) = crate::observe::classify_client_tls(&e);
-            metrics.handshake_failed("client", reason);
-            return warn!(error = %e, reason, "client TLS handshake failed: {hint}");
+            warn!(error = %e, reason, "client TLS handshake failed: {hint}");
+            return metrics.handshake_failed("client", reason);
         }
         Err(_) => {
             metrics.handshake_failed("client", "timeout");

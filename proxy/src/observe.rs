@@ -332,6 +332,22 @@ impl Telemetry {
         );
     }
 
+    /// A CONNECT or redirected connection to `dest` that failed before any
+    /// request: refused by egress policy (audited as a denial) or unable to
+    /// reach its destination. Counted under no endpoint.
+    pub(crate) fn connection_failed(&self, e: &ProxyError, dest: &str) {
+        if matches!(e, ProxyError::Denied(_)) {
+            return self.denied_connection("egress", dest, &e.to_string());
+        }
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                endpoint: String::new(),
+                outcome: Outcome::of(e).as_str(),
+            })
+            .inc();
+    }
+
     /// A tunnel was opened in `mode`.
     pub(crate) fn tunnel_opened(&self, mode: &'static str) {
         ProxyMetrics::kind(&self.metrics.tunnels, mode).inc();

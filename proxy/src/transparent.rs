@@ -298,6 +298,7 @@ async fn by_name(
     let dialed = match relay::dial(&shared, &target, purpose).await {
         Ok(d) => d,
         Err(e) => {
+            shared.telemetry.connection_failed(&e, &target.to_string());
             return info!(%orig, dest = %target, error = %e, "refused: cannot reach the destination");
         }
     };
@@ -354,7 +355,10 @@ async fn blind_to_address(
     }
     let dialed = match relay::dial(&shared, &target, Purpose::Egress).await {
         Ok(d) => d,
-        Err(e) => return info!(%orig, error = %e, "refused: cannot reach the destination"),
+        Err(e) => {
+            shared.telemetry.connection_failed(&e, &target.to_string());
+            return info!(%orig, error = %e, "refused: cannot reach the destination");
+        }
     };
     info!(%orig, mode = "tunnel", "redirected");
     shared.telemetry.tunnel_opened("blind");

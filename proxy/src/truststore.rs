@@ -134,7 +134,11 @@ mod tests {
         let der = encode(&certs);
         assert_eq!(der[0], 0x30);
         // version 3 first, then the data ContentInfo.
-        let body_start = 2;
+        let body_start = if der[1] & 0x80 == 0 {
+            2
+        } else {
+            2 + usize::from(der[1] & 0x7f)
+        };
         assert_eq!(der[body_start..body_start + 3], [0x02, 0x01, 0x03]);
         let bag_oid = oid(CERT_BAG);
         let count = der

@@ -910,3 +910,68 @@ async fn revoke_forces_a_new_exchange_and_a_refusing_issuer_then_gets_a_503() {
     all.extend([first.as_str(), second.as_str()]);
     lanyard_tests::logs::assert_never_logged(&all);
 }
+
+#[tokio::test]
+async fn reload_keeps_unchanged_tokens_and_drops_changed_ones() {
+    let env = Env::new(Duration::from_secs(300)).await;
+    let up = env.w.upstream("alpha", &["alpha.test"], &[H1]).await;
+    let port = up.addr.port();
+    let endpoints = |alpha_scopes: &str| {
+        vec![
+            format!(
+                "{{ name: alpha, host: alpha.test, port: {port}, path: /a, provider: tx, audience: alpha, scopes: [{alpha_scopes}] }}"
+            ),
+            format!(
+                "{{ name: beta, host: alpha.test, port: {port}, path: /b, provider: tx, audience: beta }}"
+            ),
+        ]
+    };
+    let providers = [env.grant("tx", "grant: token_exchange")];
+    let p = start(
+        &env.yaml(&providers, &["alpha.test"], &endpoints("read"), ""),
+        env.w.dir.path(),
+    )
+    .await;
+    let a1 = bearer(&fetch(&p, &up, "alpha.test", "/a").await);
+    let b1 = bearer(&fetch(&p, &up, "alpha.test", "/b").await);
+    assert_eq!(env.issuer.attempts(), 2);
+
+    // The same grants, written again (with the audit line start() added): nothing is exchanged anew.
+    let file = env.w.dir.path().join("lanyard.yaml");
+    let written = std::fs::read_to_string(&file).unwrap();
+    p.runtime.reload().await.unwrap();
+    assert_eq!(bearer(&fetch(&p, &up, "alpha.test", "/a").await), a1);
+    assert_eq!(bearer(&fetch(&p, &up, "alpha.test", "/b").await), b1);
+    assert_eq!(
+        env.issuer.attempts(),
+        2,
+        "unchanged grants keep their tokens"
+    );
+
+    // alpha's scopes change: alpha exchanges again, beta keeps its token.
+    std::fs::write(
+        &file,
+        written.replace("scopes: [read]", "scopes: [read, write]"),
+    )
+    .unwrap();
+    p.runtime.reload().await.unwrap();
+    let a2 = bearer(&fetch(&p, &up, "alpha.test", "/a").await);
+    assert_ne!(a2, a1);
+    assert_eq!(bearer(&fetch(&p, &up, "alpha.test", "/b").await), b1);
+    assert_eq!(env.issuer.attempts(), 3);
+    assert_eq!(field(&env.issuer.forms()[2], "scope"), "read write");
+
+    // A config that breaks is refused whole: the running one keeps serving, tokens and all.
+    std::fs::write(
+        &file,
+        written.replace("grant: token_exchange", "grant: telepathy"),
+    )
+    .unwrap();
+    let e = p.runtime.reload().await.unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("{}: providers.tx", file.display())),
+        "{e}"
+    );
+    assert_eq!(bearer(&fetch(&p, &up, "alpha.test", "/a").await), a2);
+    assert_eq!(env.issuer.attempts(), 3);
+}

@@ -41,13 +41,14 @@ async fn get_via(p: &Running, host: &str, port: u16, path: &str) -> Collected {
 
 #[tokio::test]
 async fn metrics_count_a_known_sequence_and_parse_as_openmetrics() {
+    let logs = lanyard_tests::logs::trace();
     let w = World::new();
     let up = w.upstream("alpha", &["alpha.test"], &[H1]).await;
     let port = up.addr.port();
     let p = start(
         &w.alpha_yaml(
             port,
-            "egress: { default: deny }\nadmin: { listen: 127.0.0.1:0 }\n",
+            "  - { name: dead, host: alpha.test, port: 1, provider: test-static }\negress: { default: deny }\nadmin: { listen: 127.0.0.1:0 }\n",
         ),
         w.dir.path(),
     )
@@ -59,9 +60,11 @@ async fn metrics_count_a_known_sequence_and_parse_as_openmetrics() {
         let r = get_via(&p, "alpha.test", port, &format!("/items/{i}?secret=q")).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     }
-    // A CONNECT egress policy denies.
+    // A CONNECT egress policy denies, and one to an endpoint nobody listens on.
     let (_s, r) = connect(p.addr, "denied.test:443").await;
     assert_eq!(r.status, 403);
+    let (_s, r) = connect(p.addr, "alpha.test:1").await;
+    assert_eq!(r.status, 502);
     // A Host header naming another host inside the alpha tunnel.
     let auth = format!("alpha.test:{port}");
     let stream = intercepted(&p, &auth, "alpha.test", &[H1]).await;
@@ -88,6 +91,11 @@ async fn metrics_count_a_known_sequence_and_parse_as_openmetrics() {
         ) == 1.0
     })
     .await;
+    assert!(
+        logs.text()
+            .contains("the client does not trust the sandbox CA"),
+        "a rejected sandbox certificate is logged with its reason"
+    );
     let m = ops::metrics(admin, None).await;
     let req = |endpoint: &str, outcome: &str| {
         value(
@@ -101,6 +109,11 @@ async fn metrics_count_a_known_sequence_and_parse_as_openmetrics() {
     assert_eq!(req("", "misdirected"), 1.0);
     assert_eq!(req("alpha", "credential_error"), 1.0);
     assert_eq!(req("alpha", "passed_through"), 0.0);
+    assert_eq!(
+        req("", "upstream_error"),
+        1.0,
+        "the dead endpoint's CONNECT"
+    );
     assert_eq!(
         value(
             &m,
@@ -361,4 +374,23 @@ async fn reload_under_load_rejects_a_bad_config_and_applies_a_good_one() {
         &failed[..failed.len().min(5)]
     );
     assert_eq!(reloads("rejected").await, 1.0);
+    // A config without alpha: a tunnel opened before the reload finishes
+    // under the config it started with; a new one is refused.
+    let auth = format!("alpha.test:{ap}");
+    let old = intercepted(&p, &auth, "alpha.test", &[H1]).await;
+    let mut old = Client::new(old, false).await;
+    let only_beta = format!(
+        "{}resolve: {{ beta.test: 127.0.0.1 }}\nendpoints:\n  - {{ name: beta, host: beta.test, port: {bp}, provider: test-static }}\n{admin_yaml}{audit_line}",
+        w.base_yaml()
+    );
+    replace(&file, &only_beta);
+    eventually("alpha's removal to be applied", || async {
+        reloads("applied").await == 2.0
+    })
+    .await;
+    let r = old.send(get("/still", &auth)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(auth_lines(&r.body), [format!("Bearer {TOKEN}")]);
+    let (_s, r) = connect(p.addr, &auth).await;
+    assert_eq!(r.status, 403, "a new connection gets the new config");
 }
