@@ -324,17 +324,36 @@ async fn inject(
         .get(&rule.provider)
         .ok_or_else(|| fail("provider is not running".into()))?;
     let token = source.token(&rule.name).await.map_err(|e| fail(e.0))?;
-    let mut text = Zeroizing::new(String::with_capacity(rule.prefix.len() + token.len()));
-    text.push_str(&rule.prefix);
-    text.push_str(token.expose());
-    let mut value = HeaderValue::from_str(&text)
+    let value = credential_value(&rule.prefix, &token)
         .map_err(|_| fail("credential has characters not allowed in a header value".into()))?;
-    // Keeps HPACK from indexing it, and hyper's Debug output prints "Sensitive".
-    value.set_sensitive(true);
-    let headers = req.headers_mut();
-    headers.remove(&rule.header);
-    headers.insert(rule.header.clone(), value);
+    replace_header(req.headers_mut(), &rule.header, value);
     Ok(token)
+}
+
+/// The header value `prefix` + `token`, marked sensitive: HPACK never
+/// indexes it, and hyper's `Debug` prints `Sensitive`. The text it was built
+/// from is zeroed.
+pub fn credential_value(
+    prefix: &str,
+    token: &crate::Secret,
+) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    let mut text = Zeroizing::new(String::with_capacity(prefix.len() + token.len()));
+    text.push_str(prefix);
+    text.push_str(token.expose());
+    let mut value = HeaderValue::from_str(&text)?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Every value of `name` the client sent is dropped and `value` alone set
+/// (invariant 6: replaced, never merged).
+pub fn replace_header(
+    headers: &mut http::HeaderMap,
+    name: &header::HeaderName,
+    value: HeaderValue,
+) {
+    headers.remove(name);
+    headers.insert(name.clone(), value);
 }
 
 /// An upstream that reflects request headers (a debug endpoint, a TRACE-like

@@ -18,6 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::Secret;
@@ -126,11 +127,24 @@ impl ProxyMetrics {
     }
 }
 
-/// Where audit events go: JSON lines, one `write` per event, so lines from
-/// concurrent requests never interleave.
+/// Where audit events go: JSON lines, written by a thread of their own. The
+/// request path only serialises its line and queues it; the writer takes
+/// whatever has queued up and writes it with one call, so a busy proxy
+/// makes one write per batch rather than one per request, and lines never
+/// interleave. Dropping the sink writes everything queued before returning.
 pub struct Audit {
-    out: Mutex<Box<dyn Write + Send>>,
+    tx: Option<std::sync::mpsc::Sender<Msg>>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
+
+enum Msg {
+    Line(Vec<u8>),
+    /// Answered once every line queued before it is written.
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// A batch is written once it holds this much, even if more is queued.
+const AUDIT_BATCH: usize = 256 * 1024;
 
 impl std::fmt::Debug for Audit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -140,34 +154,113 @@ impl std::fmt::Debug for Audit {
 
 impl Audit {
     /// Audit lines to `out` (stderr, a file opened for append, a test buffer).
-    pub fn new(out: Box<dyn Write + Send>) -> Self {
-        Self {
-            out: Mutex::new(out),
-        }
+    pub fn new(mut out: Box<dyn Write + Send>) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<Msg>();
+        let writer = std::thread::Builder::new()
+            .name("lanyard-audit".into())
+            .spawn(move || {
+                let mut buf = Vec::with_capacity(64 * 1024);
+                while let Ok(first) = rx.recv() {
+                    let mut acks = Vec::new();
+                    let mut take = |m: Msg, buf: &mut Vec<u8>| match m {
+                        Msg::Line(l) => buf.extend_from_slice(&l),
+                        Msg::Flush(ack) => acks.push(ack),
+                    };
+                    take(first, &mut buf);
+                    while buf.len() < AUDIT_BATCH {
+                        match rx.try_recv() {
+                            Ok(m) => take(m, &mut buf),
+                            Err(_) => break,
+                        }
+                    }
+                    if !buf.is_empty() {
+                        if let Err(e) = out.write_all(&buf).and_then(|()| out.flush()) {
+                            tracing::warn!(error = %e, "cannot write the audit trail");
+                        }
+                        buf.clear();
+                    }
+                    for a in acks {
+                        let _ = a.send(());
+                    }
+                }
+            })?;
+        Ok(Self {
+            tx: Some(tx),
+            writer: Some(writer),
+        })
     }
 
-    /// Writes one event, stamped with the current UTC time. A failed write
-    /// is logged, never fatal: the request it describes has already happened.
-    pub fn emit(&self, event: &str, mut fields: Value) {
+    /// Writes one event, stamped with the current UTC time and the sandbox's
+    /// SPIFFE ID.
+    pub fn emit<T: Serialize + ?Sized>(&self, event: &str, spiffe_id: Option<&str>, fields: &T) {
         let now = time::OffsetDateTime::now_utc();
         let stamp = now
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
-        if let Value::Object(map) = &mut fields {
-            map.insert("time".into(), Value::String(stamp));
-            map.insert("event".into(), Value::String(event.into()));
-        }
-        let mut line = fields.to_string();
-        line.push('\n');
-        let result = match self.out.lock() {
-            Ok(mut w) => w.write_all(line.as_bytes()).and_then(|()| w.flush()),
-            Err(_) => Ok(()),
+        let line = Line {
+            time: &stamp,
+            event,
+            spiffe_id,
+            fields,
         };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "cannot write the audit trail");
+        let mut buf = Vec::with_capacity(320);
+        if serde_json::to_writer(&mut buf, &line).is_err() {
+            return;
+        }
+        buf.push(b'\n');
+        if let Some(tx) = &self.tx
+            && tx.send(Msg::Line(buf)).is_err()
+        {
+            tracing::warn!("the audit writer has stopped; an audit line was lost");
+        }
+    }
+
+    /// Returns once every line emitted so far is written.
+    pub fn flush(&self) {
+        let (ack, done) = std::sync::mpsc::sync_channel(1);
+        if let Some(tx) = &self.tx
+            && tx.send(Msg::Flush(ack)).is_ok()
+        {
+            let _ = done.recv();
         }
     }
 }
+
+impl Drop for Audit {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// One audit line: the common fields, then the event's own.
+#[derive(Serialize)]
+struct Line<'a, T: Serialize + ?Sized> {
+    time: &'a str,
+    event: &'a str,
+    spiffe_id: Option<&'a str>,
+    #[serde(flatten)]
+    fields: &'a T,
+}
+
+/// The `request` event.
+#[derive(Serialize)]
+struct RequestEvent<'a> {
+    endpoint: Option<&'a str>,
+    provider: Option<&'a str>,
+    method: &'a str,
+    dest: &'a str,
+    path: Option<&'a str>,
+    upstream: Option<SocketAddr>,
+    status: u16,
+    injected: bool,
+    token_id: Option<&'a str>,
+}
+
+/// Tokens whose audit ids are remembered: one per endpoint in use, roughly.
+const TOKEN_IDS: usize = 16;
 
 /// Metrics, the audit sink and the sandbox identity, shared by every
 /// connection and kept across config reloads.
@@ -177,6 +270,8 @@ pub struct Telemetry {
     pub metrics: ProxyMetrics,
     audit: Option<Audit>,
     spiffe_id: RwLock<Option<Arc<str>>>,
+    /// The ids of the last few tokens seen (see [`Telemetry::token_id`]).
+    token_ids: Mutex<Vec<(Secret, Arc<str>)>>,
     /// Keys the hash that names non-JWT tokens in the audit trail: random
     /// per process, so the identifier cannot be brute-forced offline from a
     /// leaked audit file.
@@ -199,6 +294,7 @@ impl Telemetry {
             metrics,
             audit,
             spiffe_id: RwLock::new(None),
+            token_ids: Mutex::new(Vec::with_capacity(TOKEN_IDS)),
             token_key,
         }
     }
@@ -217,36 +313,53 @@ impl Telemetry {
         self.spiffe_id.read().ok().and_then(|g| g.clone())
     }
 
+    /// Returns once every audit line emitted so far is written.
+    pub fn flush_audit(&self) {
+        if let Some(a) = &self.audit {
+            a.flush();
+        }
+    }
+
     /// Whether audit events are written at all (skips the token hash otherwise).
     pub fn auditing(&self) -> bool {
         self.audit.is_some()
     }
 
-    /// Writes an audit event, adding the SPIFFE ID.
-    pub fn audit(&self, event: &str, mut fields: Value) {
+    /// Writes an audit event, adding the time and the SPIFFE ID.
+    pub fn audit<T: Serialize + ?Sized>(&self, event: &str, fields: &T) {
         let Some(a) = &self.audit else { return };
-        if let Value::Object(map) = &mut fields {
-            map.insert(
-                "spiffe_id".into(),
-                self.spiffe_id()
-                    .map_or(Value::Null, |s| Value::String(s.to_string())),
-            );
-        }
-        a.emit(event, fields);
+        let id = self.spiffe_id();
+        a.emit(event, id.as_deref(), fields);
     }
 
     /// A non-reversible name for a token: `jti:<jti>` when it is a JWT that
     /// carries one, else `hmac:<16 hex>` of a per-process keyed hash.
-    pub fn token_id(&self, token: &Secret) -> String {
-        if let Some(jti) = jwt_jti(token.expose()) {
-            return format!("jti:{jti}");
+    /// Remembered for the last few tokens, so a cached token costs a string
+    /// comparison per request, not a decode.
+    pub fn token_id(&self, token: &Secret) -> Arc<str> {
+        if let Ok(seen) = self.token_ids.lock()
+            && let Some((_, id)) = seen.iter().find(|(t, _)| t.expose() == token.expose())
+        {
+            return id.clone();
         }
-        let tag = ring::hmac::sign(&self.token_key, token.expose().as_bytes());
-        let hex: String = tag.as_ref()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("hmac:{hex}")
+        let id: Arc<str> = match jwt_jti(token.expose()) {
+            Some(jti) => Arc::from(format!("jti:{jti}")),
+            None => {
+                let tag = ring::hmac::sign(&self.token_key, token.expose().as_bytes());
+                let hex: String = tag.as_ref()[..8]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                Arc::from(format!("hmac:{hex}"))
+            }
+        };
+        if let Ok(mut seen) = self.token_ids.lock() {
+            if seen.len() >= TOKEN_IDS {
+                seen.remove(0);
+            }
+            seen.push((token.clone(), id.clone()));
+        }
+        id
     }
 
     /// The end of one request: metrics, the audit event and the log line.
@@ -287,7 +400,7 @@ impl Telemetry {
             let detail = result.err().map(ToString::to_string);
             self.audit(
                 "denied",
-                json!({
+                &json!({
                     "reason": reason,
                     "endpoint": rec.endpoint,
                     "provider": rec.provider,
@@ -301,17 +414,17 @@ impl Telemetry {
         } else if rec.endpoint.is_some() {
             self.audit(
                 "request",
-                json!({
-                    "endpoint": rec.endpoint,
-                    "provider": rec.provider,
-                    "method": rec.method.as_str(),
-                    "dest": rec.host,
-                    "path": rec.path,
-                    "upstream": rec.upstream.map(|a| a.to_string()),
-                    "status": status,
-                    "injected": rec.injected,
-                    "token_id": rec.token_id,
-                }),
+                &RequestEvent {
+                    endpoint: rec.endpoint.as_deref(),
+                    provider: rec.provider.as_deref(),
+                    method: rec.method.as_str(),
+                    dest: &rec.host,
+                    path: rec.path.as_deref(),
+                    upstream: rec.upstream,
+                    status,
+                    injected: rec.injected,
+                    token_id: rec.token_id.as_deref(),
+                },
             );
         }
     }
@@ -328,7 +441,7 @@ impl Telemetry {
             .inc();
         self.audit(
             "denied",
-            json!({ "reason": reason, "dest": dest, "detail": detail }),
+            &json!({ "reason": reason, "dest": dest, "detail": detail }),
         );
     }
 
@@ -451,7 +564,7 @@ pub(crate) struct Record {
     /// The address actually dialled.
     pub(crate) upstream: Option<SocketAddr>,
     pub(crate) injected: bool,
-    pub(crate) token_id: Option<String>,
+    pub(crate) token_id: Option<Arc<str>>,
     /// Why a denial happened (`egress`, `cleartext`), when a phase knows.
     pub(crate) deny_reason: Option<&'static str>,
 }

@@ -314,7 +314,7 @@ async fn by_name(
         // the agent meant one address and Lanyard dialled another.
         shared.telemetry.audit(
             "original_dst_mismatch",
-            serde_json::json!({
+            &serde_json::json!({
                 "dest": target.to_string(),
                 "original_dst": orig.to_string(),
                 "upstream": dialed.addr.to_string(),

@@ -137,6 +137,7 @@ impl Running {
     /// The audit trail so far, one JSON value per line: [`try_start`] sends
     /// it to `audit.jsonl` beside the config unless the config says otherwise.
     pub fn audit(&self) -> Vec<serde_json::Value> {
+        self.runtime.ops.observe.telemetry.flush_audit();
         let file = self.runtime.file().with_file_name("audit.jsonl");
         std::fs::read_to_string(file)
             .unwrap_or_default()

@@ -53,8 +53,10 @@ async fn tcp(o: &Opts, authority: &str) -> Result<TcpStream, Error> {
     let mut tcp = TcpStream::connect(o.proxy.as_deref().unwrap_or(&o.connect)).await?;
     tcp.set_nodelay(true)?;
     if o.proxy.is_some() {
-        tcp.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
-            .await?;
+        tcp.write_all(
+            format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes(),
+        )
+        .await?;
         let mut buf = Vec::new();
         let mut b = [0u8; 1];
         while !buf.ends_with(b"\r\n\r\n") {
@@ -168,14 +170,23 @@ impl Pacer {
     }
 }
 
-/// One response, body included; false on any failure or a non-200.
+/// Longest a request may take before it counts as failed (a peer that
+/// stops answering must not hang the whole bench).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One response, body included; false on any failure, a non-200 or a timeout.
 async fn exchange(
     send: impl std::future::Future<Output = Result<http::Response<hyper::body::Incoming>, hyper::Error>>,
 ) -> bool {
-    match send.await {
-        Ok(resp) => resp.status() == 200 && resp.into_body().collect().await.is_ok(),
-        Err(_) => false,
-    }
+    let done = async {
+        match send.await {
+            Ok(resp) => resp.status() == 200 && resp.into_body().collect().await.is_ok(),
+            Err(_) => false,
+        }
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, done)
+        .await
+        .unwrap_or(false)
 }
 
 async fn h1_on<S>(io: S) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, Error>
@@ -240,9 +251,8 @@ async fn tcp_plain(o: &Opts) -> Result<TcpStream, Error> {
 
 /// Spreads paced loops over one interval, so they do not fire in lockstep.
 fn stagger(o: &Opts, n: usize) -> Duration {
-    o.interval.map_or(Duration::ZERO, |i| {
-        i.mul_f64((n % 97) as f64 / 97.0)
-    })
+    o.interval
+        .map_or(Duration::ZERO, |i| i.mul_f64((n % 97) as f64 / 97.0))
 }
 
 /// One HTTP/2 connection carrying `streams` concurrent request loops (`h2`, `grpc`).

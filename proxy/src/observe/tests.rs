@@ -15,7 +15,7 @@ fn jwt(claims: &str) -> String {
 fn token_id_is_the_jti_or_a_keyed_hash_never_the_token() {
     let t = Telemetry::default();
     let with_jti = Secret::new(jwt(r#"{"sub":"x","jti":"abc-123"}"#));
-    assert_eq!(t.token_id(&with_jti), "jti:abc-123");
+    assert_eq!(&*t.token_id(&with_jti), "jti:abc-123");
     let opaque = Secret::new("opaque-token-value-0123456789");
     let id = t.token_id(&opaque);
     assert!(id.starts_with("hmac:") && id.len() == 5 + 16, "{id}");
@@ -49,11 +49,12 @@ fn audit_lines_are_json_with_time_event_and_identity() {
     let buf = Buf::default();
     let t = Telemetry::new(
         ProxyMetrics::default(),
-        Some(Audit::new(Box::new(buf.clone()))),
+        Some(Audit::new(Box::new(buf.clone())).unwrap()),
     );
-    t.audit("revoke", json!({"scope": "all"}));
+    t.audit("revoke", &json!({"scope": "all"}));
     t.set_spiffe_id("spiffe://example.org/sandbox");
-    t.audit("revoke", json!({"scope": "all"}));
+    t.audit("revoke", &json!({"scope": "all"}));
+    t.flush_audit();
     let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     let lines: Vec<Value> = text
         .lines()

@@ -395,14 +395,14 @@ fn report_exchange(
     if t.auditing() {
         t.audit(
             "exchange",
-            serde_json::json!({
+            &serde_json::json!({
                 "provider": provider,
                 "issuer": endpoint.as_str(),
                 "audience": params.audience,
                 "svid_audience": params.svid_audience,
                 "scopes": params.scopes,
                 "result": result,
-                "token_id": got.as_ref().ok().map(|(tok, _)| t.token_id(tok)),
+                "token_id": got.as_ref().ok().map(|(tok, _)| t.token_id(tok).to_string()),
                 "lifetime_s": got.as_ref().ok().map(|(_, l)| l.as_secs()),
                 "error": got.as_ref().err(),
             }),

@@ -41,19 +41,24 @@ impl std::fmt::Debug for Ops {
 impl Ops {
     /// Metrics registered under `lanyard_`, and the audit sink `audit` asks for.
     pub fn new(audit: &AuditConfig, file: &Path) -> Result<Self, ConfigFileError> {
-        let sink = if !audit.enabled {
+        let err = |reason: String| ConfigFileError {
+            file: file.display().to_string(),
+            field: "audit.file".into(),
+            reason,
+        };
+        let out: Option<Box<dyn std::io::Write + Send>> = if !audit.enabled {
             None
         } else if let Some(path) = &audit.file {
-            Some(Audit::new(Box::new(open_audit(path).map_err(|e| {
-                ConfigFileError {
-                    file: file.display().to_string(),
-                    field: "audit.file".into(),
-                    reason: format!("cannot open {}: {e}", path.display()),
-                }
-            })?)))
+            Some(Box::new(open_audit(path).map_err(|e| {
+                err(format!("cannot open {}: {e}", path.display()))
+            })?))
         } else {
-            Some(Audit::new(Box::new(std::io::stderr())))
+            Some(Box::new(std::io::stderr()))
         };
+        let sink = out
+            .map(Audit::new)
+            .transpose()
+            .map_err(|e| err(format!("cannot start the audit writer: {e}")))?;
         Ok(Self::with_audit(sink))
     }
 
@@ -272,14 +277,14 @@ impl Runtime {
             Ok(notes) => {
                 GrantMetrics::inc(&m.reloads, "applied");
                 tracing::info!(file = %self.file.display(), ?notes, "config reloaded");
-                t.audit("reload", json!({ "result": "applied", "notes": notes }));
+                t.audit("reload", &json!({ "result": "applied", "notes": notes }));
             }
             Err(e) => {
                 GrantMetrics::inc(&m.reloads, "rejected");
                 tracing::warn!(error = %e, "config reload rejected; the last good config keeps serving");
                 t.audit(
                     "reload",
-                    json!({ "result": "rejected", "error": e.to_string() }),
+                    &json!({ "result": "rejected", "error": e.to_string() }),
                 );
             }
         }
@@ -390,7 +395,7 @@ impl Runtime {
         );
         self.ops.observe.telemetry.audit(
             "revoke",
-            json!({ "scope": scope.label(), "target": target, "tokens": tokens, "svids": svids }),
+            &json!({ "scope": scope.label(), "target": target, "tokens": tokens, "svids": svids }),
         );
         Ok(Revoked { tokens, svids })
     }
