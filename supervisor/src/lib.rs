@@ -271,7 +271,14 @@ fn endpoint_table(v: &Validated, providers: &Providers) -> String {
         ]
         .map(String::from),
     ];
-    for (rule, e) in v.settings.router.rules().iter().zip(&v.endpoints) {
+    // The router holds its rules most specific first, not in file order:
+    // each row takes the host as written from the entry of the same name.
+    for rule in v.settings.router.rules() {
+        let written = v
+            .endpoints
+            .iter()
+            .find(|e| e.name == rule.name)
+            .map_or("?", |e| e.host.as_str());
         let grant = providers.grants.get(&rule.provider);
         let key = grant.and_then(|g| g.keys().find(|(n, _)| *n == rule.name).map(|(_, k)| k));
         let methods = rule.methods.as_ref().map_or_else(
@@ -290,9 +297,14 @@ fn endpoint_table(v: &Validated, providers: &Providers) -> String {
         };
         rows.push([
             rule.name.clone(),
-            format!("{}{tls}", e.host),
+            format!("{written}{tls}"),
             rule.port.to_string(),
-            rule.path.clone(),
+            // The matcher keeps a root prefix as the empty string.
+            if rule.path.is_empty() {
+                "/".to_owned()
+            } else {
+                rule.path.clone()
+            },
             methods,
             rule.provider.clone(),
             grant.map_or_else(|| "static".to_owned(), |g| format!("{:?}", g.grant())),

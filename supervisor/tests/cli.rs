@@ -22,6 +22,18 @@ fn write(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
     p
 }
 
+/// A scratch directory holding an upstream CA file (`up.pem`), for configs
+/// that only need `upstream_tls` to load.
+fn scratch() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write(
+        dir.path(),
+        "up.pem",
+        lanyard_examples::pki::Pki::new("x").unwrap().ca_pem(),
+    );
+    (dir, ca)
+}
+
 fn base(dir: &Path, upstream_ca: &Path, port: u16) -> String {
     let token = write(dir, "token", TOKEN);
     format!(
@@ -34,12 +46,7 @@ fn base(dir: &Path, upstream_ca: &Path, port: u16) -> String {
 
 #[test]
 fn check_exit_codes_and_messages() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = write(
-        dir.path(),
-        "up.pem",
-        lanyard_examples::pki::Pki::new("x").unwrap().ca_pem(),
-    );
+    let (dir, ca) = scratch();
     let good = write(dir.path(), "good.yaml", &base(dir.path(), &ca, 8443));
     let out = Command::new(LANYARD)
         .args(["check", "--config"])
@@ -313,16 +320,18 @@ fn probe_says_ready_only_once_the_proxy_serves() {
 
 #[test]
 fn check_prints_the_resolved_endpoint_table() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = write(
-        dir.path(),
-        "up.pem",
-        lanyard_examples::pki::Pki::new("x").unwrap().ca_pem(),
-    );
-    let text = base(dir.path(), &ca, 8443).replace(
-        "path: /api, provider: demo }",
-        "path: /api/./v1/, methods: [get, POST], provider: demo }",
-    );
+    let (dir, ca) = scratch();
+    // A wildcard first in the file, matched after the exact rule: each row
+    // must keep its own host.
+    let text = base(dir.path(), &ca, 8443)
+        .replace(
+            "path: /api, provider: demo }",
+            "path: /api/./v1/, methods: [get, POST], provider: demo }",
+        )
+        .replace(
+            "endpoints:\n",
+            "endpoints:\n  - { name: any, host: \"*.alpha.test\", port: 9443, provider: demo }\n",
+        );
     let f = write(dir.path(), "lanyard.yaml", &text);
     let out = Command::new(LANYARD)
         .args(["check", "--config"])
@@ -334,6 +343,7 @@ fn check_prints_the_resolved_endpoint_table() {
     let lines: Vec<Vec<&str>> = stdout
         .lines()
         .skip(1)
+        .take_while(|l| !l.starts_with("note: "))
         .map(|l| l.split_whitespace().collect())
         .collect();
     assert_eq!(
@@ -355,6 +365,20 @@ fn check_prints_the_resolved_endpoint_table() {
             "-"
         ]
     );
+    assert_eq!(
+        lines[2],
+        [
+            "any",
+            "*.alpha.test",
+            "9443",
+            "/",
+            "*",
+            "demo",
+            "static",
+            "-"
+        ]
+    );
+    assert_eq!(lines.len(), 3, "{stdout}");
 }
 
 #[test]
@@ -398,12 +422,7 @@ fn version_help_completions_and_ca_export() {
     );
 
     // ca export: nothing before the CA exists, the agent's ca.pem after.
-    let dir = tempfile::tempdir().unwrap();
-    let up = write(
-        dir.path(),
-        "up.pem",
-        lanyard_examples::pki::Pki::new("x").unwrap().ca_pem(),
-    );
+    let (dir, up) = scratch();
     let f = write(dir.path(), "lanyard.yaml", &base(dir.path(), &up, 8443));
     let (code, _, err) = run(&["ca", "export", "--config", f.to_str().unwrap()]);
     assert_eq!(code, Some(1));
@@ -437,12 +456,7 @@ fn admin_get(addr: &str, path: &str) -> (u16, String) {
 #[test]
 fn sighup_reloads_with_json_logs_and_the_admin_listener_reports_it() {
     use std::io::BufRead;
-    let dir = tempfile::tempdir().unwrap();
-    let up = write(
-        dir.path(),
-        "up.pem",
-        lanyard_examples::pki::Pki::new("x").unwrap().ca_pem(),
-    );
+    let (dir, up) = scratch();
     let text = base(dir.path(), &up, 8443) + "admin: { listen: 127.0.0.1:0 }\n";
     let f = write(dir.path(), "lanyard.yaml", &text);
     let mut child = Command::new(LANYARD)
