@@ -265,7 +265,7 @@ impl Front {
                 .to_owned(),
             None => req.uri().authority().map_or("-", |a| a.as_str()).to_owned(),
         };
-        let mut rec = Record::start(&req, host);
+        let mut rec = Record::start(&req, Arc::from(host));
         let result = if req.uri().scheme().is_some() {
             plain::forward(self, req, &mut rec).await
         } else if let Some(port) = self.transparent_port {

@@ -39,6 +39,8 @@ struct Tunnel {
     permit: ConnPermit,
     /// The address the tunnel's first upstream connection went to.
     addr: std::net::SocketAddr,
+    /// `target` as text, for every request's record (formatted once per tunnel).
+    dest: Arc<str>,
 }
 
 /// Runs an interception on `client` (the upgraded CONNECT stream, or a
@@ -122,6 +124,7 @@ pub(crate) async fn run<IO>(
         info!(error = %e, "upstream unusable; requests in this tunnel get 502 until a re-dial succeeds");
     }
     let upstream = Upstream::new(shared.clone(), target.clone(), upstream);
+    let dest: Arc<str> = Arc::from(target.to_string());
     let tunnel = Arc::new(Tunnel {
         shared: shared.clone(),
         target,
@@ -130,6 +133,7 @@ pub(crate) async fn run<IO>(
         upstream,
         permit,
         addr,
+        dest,
     });
     let svc = service_fn(move |req| {
         let t = tunnel.clone();
@@ -173,7 +177,7 @@ pub(crate) async fn run<IO>(
 
 impl Tunnel {
     async fn handle(&self, req: Request<Incoming>) -> Response<ResBody> {
-        let mut rec = Record::start(&req, self.target.to_string());
+        let mut rec = Record::start(&req, self.dest.clone());
         rec.upstream = Some(self.addr);
         match self.relay(req, &mut rec).await {
             Ok(resp) => {

@@ -405,7 +405,7 @@ impl Telemetry {
                     "endpoint": rec.endpoint,
                     "provider": rec.provider,
                     "method": rec.method.as_str(),
-                    "dest": rec.host,
+                    "dest": &*rec.host,
                     "path": rec.path.as_deref().unwrap_or(&rec.log_path),
                     "status": status,
                     "detail": detail,
@@ -554,7 +554,7 @@ pub(crate) struct Record {
     pub(crate) started: tokio::time::Instant,
     pub(crate) method: http::Method,
     /// The destination as the connection named it (`host:port`), or the URI host.
-    pub(crate) host: String,
+    pub(crate) host: Arc<str>,
     /// The path as the client sent it, without the query (for the log line).
     pub(crate) log_path: String,
     /// The normalised path the inject phase decided on.
@@ -571,7 +571,7 @@ pub(crate) struct Record {
 
 impl Record {
     /// A record for `req`, arriving at a connection for `host`.
-    pub(crate) fn start<B>(req: &http::Request<B>, host: String) -> Self {
+    pub(crate) fn start<B>(req: &http::Request<B>, host: Arc<str>) -> Self {
         Self {
             started: tokio::time::Instant::now(),
             method: req.method().clone(),

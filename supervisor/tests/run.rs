@@ -21,6 +21,22 @@ use common::*;
 
 const ID: &str = "spiffe://sandbox.test/agent";
 
+/// An HTTPS echo upstream for `alpha.test` on loopback, and its CA file in `dir`.
+async fn alpha_upstream(dir: &Path) -> (lanyard_examples::echo::Echo, std::path::PathBuf) {
+    let pki = lanyard_examples::pki::Pki::new("upstream CA").unwrap();
+    let up_ca = dir.join("up-ca.pem");
+    pki.write_ca(&up_ca).unwrap();
+    let tls = pki
+        .leaf(&["alpha.test"])
+        .unwrap()
+        .server_config(&[b"http/1.1"])
+        .unwrap();
+    let up = lanyard_examples::echo::start("127.0.0.1:0".parse().unwrap(), "alpha", Some(tls))
+        .await
+        .unwrap();
+    (up, up_ca)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_cannot_get_around_lanyard() {
     require_root();
@@ -30,21 +46,7 @@ async fn the_agent_cannot_get_around_lanyard() {
     let sock = spire.join("agent.sock");
     let api = DevWorkloadApi::new(ID, Duration::from_secs(300)).unwrap();
     let _wl = api.serve(&sock).await.unwrap();
-    let pki = lanyard_examples::pki::Pki::new("upstream CA").unwrap();
-    let up_ca = dir.path().join("up-ca.pem");
-    pki.write_ca(&up_ca).unwrap();
-    let up = lanyard_examples::echo::start(
-        "127.0.0.1:0".parse().unwrap(),
-        "alpha",
-        Some(
-            pki.leaf(&["alpha.test"])
-                .unwrap()
-                .server_config(&[b"http/1.1"])
-                .unwrap(),
-        ),
-    )
-    .await
-    .unwrap();
+    let (up, up_ca) = alpha_upstream(dir.path()).await;
     let port = up.addr.port();
     let cfg = config(
         dir.path(),
@@ -315,22 +317,8 @@ public class Fetch {
 fn java_and_wget_agents_need_no_settings_of_their_own() {
     require_root();
     let dir = open_dir();
-    let pki = lanyard_examples::pki::Pki::new("upstream CA").unwrap();
-    let up_ca = dir.path().join("up-ca.pem");
-    pki.write_ca(&up_ca).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let up = rt
-        .block_on(lanyard_examples::echo::start(
-            "127.0.0.1:0".parse().unwrap(),
-            "alpha",
-            Some(
-                pki.leaf(&["alpha.test"])
-                    .unwrap()
-                    .server_config(&[b"http/1.1"])
-                    .unwrap(),
-            ),
-        ))
-        .unwrap();
+    let (up, up_ca) = rt.block_on(alpha_upstream(dir.path()));
     let port = up.addr.port();
     let java = dir.path().join("Fetch.java");
     std::fs::write(&java, JAVA_FETCH).unwrap();

@@ -278,3 +278,25 @@ fn the_ca_key_dir_stays_apart_from_what_the_agent_reads() {
         plan.hide_dirs
     );
 }
+
+#[test]
+fn the_admin_token_and_the_audit_trail_are_hidden_from_the_agent() {
+    let p = Path::new(FILE);
+    let v = Config::parse(
+        &format!(
+            "{GOOD}admin: {{ listen: 127.0.0.1:0, token_file: /run/lanyard-admin/token }}\naudit: {{ file: /var/log/lanyard/audit.jsonl }}\n"
+        ),
+        p,
+    )
+    .unwrap()
+    .validate(p)
+    .unwrap();
+    let plan = crate::run::plan::plan(&v, p).unwrap();
+    for dir in ["/run/lanyard-admin", "/var/log/lanyard"] {
+        assert!(
+            plan.hide_dirs.iter().any(|d| d == Path::new(dir)),
+            "{dir} not hidden: {:?}",
+            plan.hide_dirs
+        );
+    }
+}
