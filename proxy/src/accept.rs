@@ -313,11 +313,26 @@ impl Front {
             },
         };
         // Dial before answering 200, so an unreachable destination is a 502 on
-        // the CONNECT itself and no byte of the tunnel is relayed.
-        let dialed = relay::dial(shared, &target, purpose)
-            .instrument(span.clone())
-            .await?;
-        info!(parent: &span, mode = how, addr = %dialed.addr, "CONNECT");
+        // the CONNECT itself and no byte of the tunnel is relayed. An
+        // interception whose destination has a warm upstream pool needs no
+        // dial: the pool has just reached it.
+        let warm = match plan {
+            ConnectPlan::Intercept => shared.pools.warm(&target),
+            _ => None,
+        };
+        let dialed = match warm {
+            Some(addr) => {
+                info!(parent: &span, mode = how, %addr, pooled = true, "CONNECT");
+                None
+            }
+            None => {
+                let d = relay::dial(shared, &target, purpose)
+                    .instrument(span.clone())
+                    .await?;
+                info!(parent: &span, mode = how, addr = %d.addr, "CONNECT");
+                Some(d)
+            }
+        };
         shared.telemetry.tunnel_opened(match plan {
             ConnectPlan::Intercept => "intercept",
             ConnectPlan::Passthrough => "passthrough",
@@ -332,19 +347,23 @@ impl Front {
                     Ok(u) => u,
                     Err(e) => return debug!(error = %e, "CONNECT upgrade failed"),
                 };
-                if plan == ConnectPlan::Intercept {
-                    intercept::run(
-                        task_shared,
-                        TokioIo::new(client),
-                        target,
-                        dialed,
-                        watch,
-                        permit,
-                    )
-                    .await;
-                } else {
-                    let _permit = permit;
-                    relay::blind(&task_shared, TokioIo::new(client), dialed.stream).await;
+                match (plan, dialed) {
+                    (ConnectPlan::Intercept, dialed) => {
+                        intercept::run(
+                            task_shared,
+                            TokioIo::new(client),
+                            target,
+                            dialed,
+                            watch,
+                            permit,
+                        )
+                        .await;
+                    }
+                    (_, Some(dialed)) => {
+                        let _permit = permit;
+                        relay::blind(&task_shared, TokioIo::new(client), dialed.stream).await;
+                    }
+                    (_, None) => debug!("no connection to relay to"),
                 }
             }
             .instrument(span)

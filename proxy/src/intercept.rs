@@ -33,24 +33,26 @@ struct Tunnel {
     /// Set when SNI disagrees with the CONNECT authority: every request is refused.
     sni_problem: Option<String>,
     client_h2: bool,
-    /// The upstream connection, or why there is none (answered as 502/504).
-    upstream: Upstream,
+    /// The destination's pooled upstream, or why it cannot be reached
+    /// (answered as 502/504).
+    upstream: Arc<Upstream>,
     /// Held by upgrades spliced out of this interception too.
     permit: ConnPermit,
-    /// The address the tunnel's first upstream connection went to.
-    addr: std::net::SocketAddr,
+    /// The address of the upstream when the tunnel started, if one answered.
+    addr: Option<std::net::SocketAddr>,
     /// `target` as text, for every request's record (formatted once per tunnel).
     dest: Arc<str>,
 }
 
 /// Runs an interception on `client` (the upgraded CONNECT stream, or a
-/// transparently redirected connection) towards
-/// `dialed` (the TCP connection Lanyard opened to `target`).
+/// transparently redirected connection) towards `target`: through a warm
+/// upstream pool, or `dialed` (the TCP connection Lanyard opened to `target`
+/// when none was warm).
 pub(crate) async fn run<IO>(
     shared: Arc<Shared>,
     client: IO,
     target: Target,
-    dialed: Dialed,
+    dialed: Option<Dialed>,
     mut watch: DrainWatch,
     permit: ConnPermit,
 ) where
@@ -81,15 +83,8 @@ pub(crate) async fn run<IO>(
 
     // The upstream sees the agent's own ALPN offer, so whatever it picks (h2
     // for gRPC) can be offered back to the agent unchanged.
-    let addr = dialed.addr;
-    let upstream = relay::tls_connect(
-        &shared,
-        dialed.stream,
-        &target,
-        shared.upstream_tls.for_offer(&offer),
-    )
-    .await;
-    let upstream_h2 = matches!(&upstream, Ok(t) if relay::negotiated_h2(t));
+    let (upstream, addr) = shared.pools.tunnel(&shared, &target, &offer, dialed).await;
+    let upstream_h2 = upstream.h2;
     let server_alpn: &[&[u8]] = match (any_alpn, upstream_h2, offer.h1, offer.h2) {
         (false, ..) => &[],
         (true, true, _, true) => &[H2],
@@ -120,10 +115,9 @@ pub(crate) async fn run<IO>(
     let client_h2 = tls.get_ref().1.alpn_protocol() == Some(H2);
 
     let sni_problem = crate::inject::sni_problem(sni.as_deref(), &target);
-    if let Err(e) = &upstream {
+    if let Some(e) = upstream.failing() {
         info!(error = %e, "upstream unusable; requests in this tunnel get 502 until a re-dial succeeds");
     }
-    let upstream = Upstream::new(shared.clone(), target.clone(), upstream);
     let dest: Arc<str> = Arc::from(target.to_string());
     let tunnel = Arc::new(Tunnel {
         shared: shared.clone(),
@@ -178,7 +172,7 @@ pub(crate) async fn run<IO>(
 impl Tunnel {
     async fn handle(&self, req: Request<Incoming>) -> Response<ResBody> {
         let mut rec = Record::start(&req, self.dest.clone());
-        rec.upstream = Some(self.addr);
+        rec.upstream = self.addr;
         match self.relay(req, &mut rec).await {
             Ok(resp) => {
                 self.shared

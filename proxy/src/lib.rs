@@ -48,6 +48,8 @@ pub(crate) struct Shared {
     pub(crate) settings: Settings,
     pub(crate) sources: HashMap<String, Arc<dyn TokenSource>>,
     pub(crate) upstream_tls: tls::UpstreamTls,
+    /// Upstream connections shared by this generation's tunnels.
+    pub(crate) pools: upstream::Pools,
     // Kept across reloads: the CA and its leaves, the task set shutdown
     // drains, and what is reported.
     pub(crate) certs: CertCache,
@@ -117,6 +119,7 @@ impl Reloader {
             settings,
             sources,
             upstream_tls,
+            pools: upstream::Pools::default(),
             certs: old.certs.clone(),
             server_tls: old.server_tls.clone(),
             drain: old.drain.clone(),
@@ -269,6 +272,7 @@ impl Proxy {
                 sources,
                 certs,
                 upstream_tls,
+                pools: upstream::Pools::default(),
                 server_tls: tls::ServerTls::default(),
                 drain: Arc::default(),
                 telemetry,

@@ -72,6 +72,8 @@ pub struct ProxyMetrics {
     pub leaf_certificates_minted: Counter,
     /// Leaf certificates held in the cache.
     pub leaf_certificates_cached: Gauge,
+    /// Upstream connections open in the shared pools, busy or idle.
+    pub upstream_connections: Gauge,
 }
 
 impl ProxyMetrics {
@@ -112,6 +114,11 @@ impl ProxyMetrics {
             "leaf_certificates_cached",
             "Leaf certificates held in the cache",
             self.leaf_certificates_cached.clone(),
+        );
+        r.register(
+            "upstream_connections",
+            "Upstream connections open in the shared pools, busy or idle",
+            self.upstream_connections.clone(),
         );
     }
 

@@ -295,20 +295,31 @@ async fn by_name(
             EgressDecision::Allow(_) => Purpose::Egress,
         },
     };
-    let dialed = match relay::dial(&shared, &target, purpose).await {
-        Ok(d) => d,
-        Err(e) => {
-            shared.telemetry.connection_failed(&e, &target.to_string());
-            return info!(%orig, dest = %target, error = %e, "refused: cannot reach the destination");
-        }
+    // A warm upstream pool stands in for the dial, as for a CONNECT.
+    let warm = match plan {
+        ConnectPlan::Intercept => shared.pools.warm(&target),
+        _ => None,
     };
-    let mismatch = dialed.addr.ip() != orig.ip();
+    let (dialed, addr) = match warm {
+        Some(addr) => (None, addr),
+        None => match relay::dial(&shared, &target, purpose).await {
+            Ok(d) => {
+                let addr = d.addr;
+                (Some(d), addr)
+            }
+            Err(e) => {
+                shared.telemetry.connection_failed(&e, &target.to_string());
+                return info!(%orig, dest = %target, error = %e, "refused: cannot reach the destination");
+            }
+        },
+    };
+    let mismatch = addr.ip() != orig.ip();
     let mode = match plan {
         ConnectPlan::Intercept => "intercept",
         ConnectPlan::Passthrough => "passthrough",
         ConnectPlan::Unmatched => "tunnel",
     };
-    info!(%orig, dest = %target, dialed = %dialed.addr, original_dst_mismatch = mismatch, mode, "redirected");
+    info!(%orig, dest = %target, dialed = %addr, original_dst_mismatch = mismatch, mode, "redirected");
     if mismatch {
         // The agent's resolver and Lanyard's disagree: worth a record, since
         // the agent meant one address and Lanyard dialled another.
@@ -317,7 +328,7 @@ async fn by_name(
             &serde_json::json!({
                 "dest": target.to_string(),
                 "original_dst": orig.to_string(),
-                "upstream": dialed.addr.to_string(),
+                "upstream": addr.to_string(),
                 "mode": mode,
             }),
         );
@@ -327,11 +338,15 @@ async fn by_name(
         ConnectPlan::Passthrough => "passthrough",
         ConnectPlan::Unmatched => "blind",
     });
-    if plan == ConnectPlan::Intercept {
-        crate::intercept::run(shared, stream, target, dialed, watch, permit).await;
-    } else {
-        let _permit = permit;
-        relay::blind(&shared, stream, dialed.stream).await;
+    match (plan, dialed) {
+        (ConnectPlan::Intercept, dialed) => {
+            crate::intercept::run(shared, stream, target, dialed, watch, permit).await;
+        }
+        (_, Some(dialed)) => {
+            let _permit = permit;
+            relay::blind(&shared, stream, dialed.stream).await;
+        }
+        (_, None) => debug!("no connection to relay to"),
     }
 }
 

@@ -1,22 +1,35 @@
-//! The upstream side of an intercepted tunnel: hyper-util's pooled client
-//! behind a connector that can reach one destination only.
+//! The upstream side of intercepted tunnels: one hyper-util pooled client
+//! per destination (and ALPN class), shared by every tunnel to it under one
+//! config generation, behind a connector that can reach that destination only.
 //!
-//! The first connection is the one dialled (and TLS-verified) before the
-//! agent got its `200` to CONNECT, so an unreachable or unverifiable upstream
-//! is still reported on the CONNECT itself. After that the pool re-dials on
-//! demand, whenever the upstream closed a connection (idle close, restart,
-//! GOAWAY): requests that were never sent are retried by the client, HTTP/2
-//! connections are kept alive with pings, HTTP/1.1 connections are pooled so
-//! an HTTP/2 agent's streams are not serialised onto one of them, and a
-//! failing upstream is re-dialled no sooner than a capped backoff allows.
+//! Sharing is what lets a new agent connection reuse a warm upstream
+//! connection instead of paying a second TLS handshake, and what keeps an
+//! idle agent connection from pinning an upstream connection of its own.
+//! All tunnels belong to one sandbox, and every request is shaped and
+//! credentialed on its own, so nothing of one tunnel leaks into another
+//! through a shared connection.
+//!
+//! A pool with a live connection is *warm*: a CONNECT to its destination is
+//! answered without a dial. Otherwise the connection dialled (and
+//! TLS-verified) before the CONNECT was answered seeds the pool, so an
+//! unreachable or unverifiable upstream is still reported on the CONNECT
+//! itself. After that the pool re-dials on demand, whenever the upstream
+//! closed a connection (idle close, restart, GOAWAY): requests that were
+//! never sent are retried by the client, HTTP/2 connections are kept alive
+//! with pings, HTTP/1.1 connections are pooled so an HTTP/2 agent's streams
+//! are not serialised onto one of them, and a failing upstream is re-dialled
+//! no sooner than a capped backoff allows.
 //!
 //! The connector dials `target` through [`relay::dial`] (Lanyard's own
 //! resolution, `resolve:` pins first) whatever the request URI says, and
 //! verifies TLS for `target`'s name: the URI only selects the pool.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -41,17 +54,134 @@ pub(crate) type Tls = TlsStream<IdleIo<TcpStream>>;
 /// how long a ping may go unanswered before the connection is dropped.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
-/// Idle upstream connections kept per tunnel.
-const MAX_IDLE: usize = 8;
+/// Idle upstream connections kept per destination: as many as there can
+/// be client connections (`limits.max_connections`). A smaller cap makes a
+/// busy agent's HTTP/1.1 connections churn (a response returns a connection
+/// to a full pool, which closes it; the next request dials again), which
+/// costs a TLS handshake per request; the idle timeout below reaps a burst.
+/// Destinations with a pool of their own per config generation. A full map
+/// first forgets pools no tunnel uses and no connection keeps alive; a
+/// tunnel that still finds no room gets a pool of its own, as before sharing.
+pub(crate) const MAX_POOLS: usize = 256;
+/// Connections dialled for CONNECTs while another tunnel seeded the same
+/// pool are handed to the pool, at most this many at a time, and closed if
+/// they wait this long unused: nothing polls a seed, so nothing else would
+/// notice it idle.
+const MAX_SEEDS: usize = 8;
+const SEED_MAX_AGE: Duration = Duration::from_secs(10);
+/// Idle upstream connections are closed after this long, or after
+/// `limits.idle_timeout` if that is shorter (90 s, as Go's `http.Transport`
+/// does, so a pool does not hold sockets for a burst long past it).
+const POOL_IDLE_MAX: Duration = Duration::from_secs(90);
 /// Re-dial backoff after consecutive failures: doubles from the first step
 /// up to the cap.
 const REDIAL_FIRST: Duration = Duration::from_millis(100);
 const REDIAL_MAX: Duration = Duration::from_secs(5);
 
-/// The pooled upstream of one intercepted tunnel.
+/// A pool is shared by tunnels to one destination whose agents offered the
+/// same ALPN class: what the upstream chose for the first offer holds for
+/// the pool's life, and an agent that offers no HTTP/2 must not get a pool
+/// that speaks only HTTP/2.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    target: Target,
+    offers_h2: bool,
+}
+
+/// The upstream pools of one config generation.
+#[derive(Default)]
+pub(crate) struct Pools {
+    map: Mutex<HashMap<PoolKey, Arc<Upstream>>>,
+}
+
+impl Pools {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Arc<Upstream>>> {
+        match self.map.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The address of a warm pool to `target`, whatever the ALPN class: a
+    /// CONNECT there needs no dial of its own.
+    pub(crate) fn warm(&self, target: &Target) -> Option<SocketAddr> {
+        let map = self.lock();
+        [true, false].into_iter().find_map(|offers_h2| {
+            let key = PoolKey {
+                target: target.clone(),
+                offers_h2,
+            };
+            map.get(&key).and_then(|u| u.warm())
+        })
+    }
+
+    /// The pool a tunnel to `target` uses, given what its agent offered.
+    /// `dialed` is the connection made before the CONNECT was answered, if
+    /// the destination was cold then; with neither a warm pool nor `dialed`
+    /// the destination is dialled now.
+    pub(crate) async fn tunnel(
+        &self,
+        shared: &Arc<Shared>,
+        target: &Target,
+        offer: &crate::tls::AlpnOffer,
+        dialed: Option<relay::Dialed>,
+    ) -> (Arc<Upstream>, Option<SocketAddr>) {
+        let key = PoolKey {
+            target: target.clone(),
+            offers_h2: offer.h2,
+        };
+        let existing = self.lock().get(&key).cloned();
+        if let Some(pool) = &existing
+            && let Some(addr) = pool.warm()
+        {
+            return (pool.clone(), Some(addr));
+        }
+        let tls = shared.upstream_tls.for_offer(offer);
+        let first = match dialed {
+            Some(d) => Ok(d),
+            None => relay::dial(shared, target, Purpose::Endpoint).await,
+        };
+        let first = match first {
+            Ok(d) => relay::tls_connect(shared, d.stream, target, tls)
+                .await
+                .map(|t| (t, d.addr)),
+            Err(e) => Err(e),
+        };
+        if let Some(pool) = existing {
+            let addr = pool.seed(first);
+            return (pool, addr);
+        }
+        let addr = first.as_ref().ok().map(|(_, a)| *a);
+        let failed = first.is_err();
+        let fresh = Arc::new(Upstream::new(shared, target.clone(), first));
+        if failed {
+            // A pool seeded by a failure has not learnt the upstream's
+            // protocol; it stays this tunnel's own.
+            return (fresh, addr);
+        }
+        let mut map = self.lock();
+        if let Some(pool) = map.get(&key).cloned() {
+            // Another tunnel seeded it meanwhile: this connection joins it.
+            drop(map);
+            let addr = fresh
+                .take_first()
+                .map_or(addr, |first| pool.seed(Ok(first)));
+            return (pool, addr);
+        }
+        if map.len() >= MAX_POOLS {
+            map.retain(|_, u| Arc::strong_count(u) > 1 || u.inner.live.load(Ordering::Relaxed) > 0);
+        }
+        if map.len() < MAX_POOLS {
+            map.insert(key, fresh.clone());
+        }
+        (fresh, addr)
+    }
+}
+
+/// The pooled upstream of the tunnels to one destination.
 pub(crate) struct Upstream {
     client: Client<Connector, Incoming>,
-    client_connector: Arc<ConnectorInner>,
+    inner: Arc<ConnectorInner>,
     /// The first connection negotiated HTTP/2 (every later one is asked for the same).
     pub(crate) h2: bool,
 }
@@ -59,8 +189,12 @@ pub(crate) struct Upstream {
 impl Upstream {
     /// A pool whose first connection is `first` (or whose first attempt
     /// failed with that error, to be retried on demand).
-    pub(crate) fn new(shared: Arc<Shared>, target: Target, first: Result<Tls, ProxyError>) -> Self {
-        let h2 = matches!(&first, Ok(t) if relay::negotiated_h2(t));
+    fn new(
+        shared: &Arc<Shared>,
+        target: Target,
+        first: Result<(Tls, SocketAddr), ProxyError>,
+    ) -> Self {
+        let h2 = matches!(&first, Ok((t, _)) if relay::negotiated_h2(t));
         // Later dials offer only what the first negotiated, so request
         // shaping (HTTP/2 or HTTP/1.1 with Host) stays right.
         let tls = if h2 {
@@ -69,12 +203,14 @@ impl Upstream {
             shared.upstream_tls.h1_only()
         };
         let limits = &shared.settings.config.limits;
-        // Connection tasks log inside the tunnel's span (peer, destination).
-        let mut b = Client::builder(crate::io::SpanExecutor(tracing::Span::current()));
+        // Connection tasks outlive the tunnel that dialled them: they log in
+        // a span of the destination's own.
+        let span = tracing::info_span!("upstream", dest = %target);
+        let mut b = Client::builder(crate::io::SpanExecutor(span));
         b.timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(limits.idle_timeout)
-            .pool_max_idle_per_host(MAX_IDLE)
+            .pool_idle_timeout(limits.idle_timeout.min(POOL_IDLE_MAX))
+            .pool_max_idle_per_host(limits.max_connections)
             .retry_canceled_requests(true)
             .set_host(false)
             .http1_max_buf_size(limits.max_header_bytes)
@@ -87,36 +223,81 @@ impl Upstream {
             .http2_keep_alive_interval(H2_PING_INTERVAL)
             .http2_keep_alive_timeout(H2_PING_TIMEOUT)
             .http2_keep_alive_while_idle(true);
-        let (first, failure) = match first {
-            Ok(t) => (Some(t), None),
-            Err(e) => (None, Some(e)),
-        };
+        let mut st = DialState::default();
+        let seeded = first.is_ok();
+        match first {
+            Ok((t, addr)) => {
+                st.seeds.push((t, Instant::now()));
+                st.addr = Some(addr);
+            }
+            Err(e) => {
+                st.failed(e);
+            }
+        }
+        // The connector holds the generation weakly: the generation holds
+        // the pool, and a reload must be able to free both.
         let inner = Arc::new(ConnectorInner {
-            shared,
+            shared: Arc::downgrade(shared),
             target,
             tls,
-            state: Mutex::new(DialState {
-                first,
-                failures: u32::from(failure.is_some()),
-                retry_at: failure.as_ref().map(|_| Instant::now() + REDIAL_FIRST),
-                last: failure,
-            }),
+            state: Mutex::new(st),
+            live: Arc::new(AtomicUsize::new(0)),
+            gauge: shared.telemetry.metrics.upstream_connections.clone(),
         });
+        if seeded {
+            inner.expire_seeds_later();
+        }
         Self {
             client: b.build(Connector {
                 inner: inner.clone(),
             }),
-            client_connector: inner,
+            inner,
             h2,
+        }
+    }
+
+    /// The last address dialled, when a connection is open and no re-dial
+    /// is backing off.
+    fn warm(&self) -> Option<SocketAddr> {
+        let st = self.inner.lock();
+        let open = self.inner.live.load(Ordering::Relaxed) > 0 || !st.seeds.is_empty();
+        (open && st.retry_at.is_none()).then_some(st.addr).flatten()
+    }
+
+    fn take_first(&self) -> Option<(Tls, SocketAddr)> {
+        let mut st = self.inner.lock();
+        let addr = st.addr?;
+        st.seeds.pop().map(|(t, _)| (t, addr))
+    }
+
+    /// Hands a connection dialled for a CONNECT to the pool (or records why
+    /// there is none); returns the address the tunnel is reported against.
+    fn seed(&self, first: Result<(Tls, SocketAddr), ProxyError>) -> Option<SocketAddr> {
+        let mut st = self.inner.lock();
+        match first {
+            // A connection of the other protocol would mis-shape requests.
+            Ok((t, addr)) if relay::negotiated_h2(&t) == self.h2 => {
+                if st.seeds.len() < MAX_SEEDS {
+                    st.seeds.push((t, Instant::now()));
+                    self.inner.expire_seeds_later();
+                }
+                st.succeeded(addr);
+                Some(addr)
+            }
+            Ok((_, addr)) => Some(addr),
+            Err(e) => {
+                st.failed(e);
+                st.addr
+            }
         }
     }
 
     /// The last dial error while re-dialling is backing off: requests fail
     /// with it at once, before any credential is fetched for them.
     pub(crate) fn failing(&self) -> Option<ProxyError> {
-        let st = self.client_connector.lock();
-        match (&st.first, st.retry_at, &st.last) {
-            (None, Some(at), Some(last)) if Instant::now() < at => Some(last.clone()),
+        let st = self.inner.lock();
+        match (st.seeds.is_empty(), st.retry_at, &st.last) {
+            (true, Some(at), Some(last)) if Instant::now() < at => Some(last.clone()),
             _ => None,
         }
     }
@@ -164,19 +345,46 @@ fn classify(dest: &Target, e: &hyper_util::client::legacy::Error) -> ProxyError 
     }
 }
 
+#[derive(Default)]
 struct DialState {
-    /// The connection made before the CONNECT was answered, handed out first.
-    first: Option<Tls>,
+    /// Connections made for CONNECTs, handed out before any re-dial.
+    seeds: Vec<(Tls, Instant)>,
+    /// The address of the last successful dial.
+    addr: Option<SocketAddr>,
     failures: u32,
     retry_at: Option<Instant>,
     last: Option<ProxyError>,
 }
 
+impl DialState {
+    fn succeeded(&mut self, addr: SocketAddr) {
+        self.addr = Some(addr);
+        self.failures = 0;
+        self.retry_at = None;
+        self.last = None;
+    }
+
+    /// Records a failed dial; returns the backoff before the next one.
+    fn failed(&mut self, e: ProxyError) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let step = REDIAL_FIRST
+            .saturating_mul(1 << self.failures.saturating_sub(1).min(10))
+            .min(REDIAL_MAX);
+        self.retry_at = Some(Instant::now() + step);
+        self.last = Some(e);
+        step
+    }
+}
+
 struct ConnectorInner {
-    shared: Arc<Shared>,
+    shared: Weak<Shared>,
     target: Target,
     tls: Arc<rustls::ClientConfig>,
     state: Mutex<DialState>,
+    /// Open connections of this pool (seeds not counted).
+    live: Arc<AtomicUsize>,
+    /// The same, summed over every pool, for `/metrics`.
+    gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// Dials the tunnel's destination, whatever URI it is asked for.
@@ -193,11 +401,26 @@ impl ConnectorInner {
         }
     }
 
+    /// Closes seeds nobody took once they are too old to trust.
+    fn expire_seeds_later(self: &Arc<Self>) {
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(SEED_MAX_AGE).await;
+            if let Some(pool) = pool.upgrade() {
+                pool.lock()
+                    .seeds
+                    .retain(|(_, at)| at.elapsed() < SEED_MAX_AGE);
+            }
+        });
+    }
+
     async fn connect(self: Arc<Self>) -> Result<Conn, ProxyError> {
         {
             let mut st = self.lock();
-            if let Some(t) = st.first.take() {
-                return Ok(Conn(TokioIo::new(t)));
+            while let Some((t, at)) = st.seeds.pop() {
+                if at.elapsed() < SEED_MAX_AGE {
+                    return Ok(Conn::new(t, &self));
+                }
             }
             if let (Some(at), Some(last)) = (st.retry_at, &st.last)
                 && Instant::now() < at
@@ -205,26 +428,26 @@ impl ConnectorInner {
                 return Err(last.clone());
             }
         }
+        let Some(shared) = self.shared.upgrade() else {
+            // Only reachable once every tunnel of the generation has ended.
+            return Err(ProxyError::Internal("the config generation ended".into()));
+        };
         let result = async {
-            let dialed = relay::dial(&self.shared, &self.target, Purpose::Endpoint).await?;
-            relay::tls_connect(&self.shared, dialed.stream, &self.target, self.tls.clone()).await
+            let dialed = relay::dial(&shared, &self.target, Purpose::Endpoint).await?;
+            let addr = dialed.addr;
+            relay::tls_connect(&shared, dialed.stream, &self.target, self.tls.clone())
+                .await
+                .map(|t| (t, addr))
         }
         .await;
         let mut st = self.lock();
         match result {
-            Ok(t) => {
-                st.failures = 0;
-                st.retry_at = None;
-                st.last = None;
-                Ok(Conn(TokioIo::new(t)))
+            Ok((t, addr)) => {
+                st.succeeded(addr);
+                Ok(Conn::new(t, &self))
             }
             Err(e) => {
-                st.failures = st.failures.saturating_add(1);
-                let step = REDIAL_FIRST
-                    .saturating_mul(1 << st.failures.saturating_sub(1).min(10))
-                    .min(REDIAL_MAX);
-                st.retry_at = Some(Instant::now() + step);
-                st.last = Some(e.clone());
+                let step = st.failed(e.clone());
                 tracing::info!(error = %e, retry_in_ms = step.as_millis(), "upstream re-dial failed");
                 Err(e)
             }
@@ -246,13 +469,43 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
-/// One pooled connection; reports the ALPN outcome to the pool.
-pub(crate) struct Conn(TokioIo<Tls>);
+/// One pooled connection; reports the ALPN outcome to the pool and counts
+/// itself among the pool's open connections while it lives.
+pub(crate) struct Conn {
+    io: TokioIo<Tls>,
+    _live: LiveGuard,
+}
+
+impl Conn {
+    fn new(t: Tls, pool: &ConnectorInner) -> Self {
+        pool.live.fetch_add(1, Ordering::Relaxed);
+        pool.gauge.inc();
+        Self {
+            io: TokioIo::new(t),
+            _live: LiveGuard {
+                pool: pool.live.clone(),
+                gauge: pool.gauge.clone(),
+            },
+        }
+    }
+}
+
+struct LiveGuard {
+    pool: Arc<AtomicUsize>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.pool.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
+    }
+}
 
 impl Connection for Conn {
     fn connected(&self) -> Connected {
         let c = Connected::new();
-        if relay::negotiated_h2(self.0.inner()) {
+        if relay::negotiated_h2(self.io.inner()) {
             c.negotiated_h2()
         } else {
             c
@@ -266,7 +519,7 @@ impl hyper::rt::Read for Conn {
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
@@ -276,19 +529,19 @@ impl hyper::rt::Write for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.io.is_write_vectored()
     }
 
     fn poll_write_vectored(
@@ -296,6 +549,6 @@ impl hyper::rt::Write for Conn {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 }

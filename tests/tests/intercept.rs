@@ -690,3 +690,47 @@ async fn h2_agents_get_at_most_100_streams_at_once() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// Tunnels to one destination share its upstream pool: agents that open a
+/// new CONNECT per request (curl in a loop, a fresh client per call) cost
+/// one upstream TLS handshake in all, not one each, and every request
+/// still carries the credential. An agent offering h2 gets a pool of its
+/// own, since the upstream's choice of protocol holds for a pool's life.
+#[tokio::test]
+async fn sequential_tunnels_reuse_one_upstream_connection() {
+    let w = World::new();
+    let (up, p) = alpha(&w, &[H2, H1]).await;
+    let auth = format!("alpha.test:{}", up.addr.port());
+    for i in 0..5 {
+        let tls = intercepted(&p, &auth, "alpha.test", &[H1]).await;
+        let mut c = Client::new(tls, false).await;
+        let r = c.send(get(&format!("/api/{i}"), &auth)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(
+            auth_lines(&r.body),
+            vec![format!("Bearer {TOKEN}").as_str()]
+        );
+        assert!(r.body.contains("HTTP/1.1"), "{}", r.body);
+    }
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    for i in 0..3 {
+        let tls = intercepted(&p, &auth, "alpha.test", &[H2, H1]).await;
+        let mut c = Client::new(tls, true).await;
+        let r = h2_get(&mut c, &auth, &format!("/api/h2/{i}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert!(r.body.contains("HTTP/2"), "{}", r.body);
+    }
+    assert_eq!(
+        up.connections.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one more connection, for the h2 pool"
+    );
+    // The pool outlives a closed upstream connection: the next tunnel's
+    // request is re-dialled, not refused.
+    up.drop_connections();
+    let tls = intercepted(&p, &auth, "alpha.test", &[H1]).await;
+    let mut c = Client::new(tls, false).await;
+    let r = c.send(get("/api/after", &auth)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    p.shutdown().await;
+}

@@ -132,6 +132,11 @@ async fn metrics_count_a_known_sequence_and_parse_as_openmetrics() {
         1.0
     );
     assert_eq!(value(&m, "lanyard_leaf_certificates_cached", &[]), 1.0);
+    assert_eq!(
+        value(&m, "lanyard_upstream_connections", &[]),
+        1.0,
+        "every alpha tunnel shares one pooled upstream connection"
+    );
     assert!(value(&m, "lanyard_connections_total", &[("kind", "explicit")]) >= 7.0);
     // Labels come from config and fixed words only: never a request's host or path.
     for s in &m {
