@@ -306,8 +306,16 @@ impl TokenCacheConfig {
 #[serde(deny_unknown_fields)]
 pub struct TokenGrantConfig {
     /// OAuth token endpoint (`https://`; `http://` only to loopback). Not used by `jwt_svid`.
+    /// One of `token_endpoint` and `issuer` is required for the other grants.
     #[serde(default)]
     pub token_endpoint: Option<String>,
+    /// The authorization server's issuer identifier (same scheme rule), for
+    /// example `https://idp.example.com/realms/sandbox`. Without
+    /// `token_endpoint`, the token endpoint is read from its metadata (RFC 8414,
+    /// then OpenID Connect Discovery), whose `issuer` must equal this exactly.
+    /// Either way it becomes the default audience of the JWT-SVID presented.
+    #[serde(default)]
+    pub issuer: Option<String>,
     /// `client_credentials`, `token_exchange`, `jwt_bearer` or `jwt_svid`.
     pub grant: crate::grants::Grant,
     /// For `client_credentials`: `urn:ietf:params:oauth:client-assertion-type:jwt-bearer`
@@ -317,7 +325,9 @@ pub struct TokenGrantConfig {
     /// `client_id` form field, when the issuer wants one.
     #[serde(default)]
     pub client_id: Option<String>,
-    /// Audience of the JWT-SVID presented to the issuer; defaults to the token endpoint URL.
+    /// Audience of the JWT-SVID presented to the issuer. Defaults to `issuer`
+    /// when that is set (RFC 7523bis; Keycloak accepts nothing else), else to
+    /// the token endpoint URL (RFC 7523).
     #[serde(default)]
     pub jwt_svid_audience: Option<String>,
     /// `audience` form field (endpoints may override).

@@ -151,47 +151,90 @@ impl IssuerClient {
         secrets: &[&str],
     ) -> Result<Issued, String> {
         let at = |what: String| format!("token endpoint {}: {what}", ep.text);
-        let host = lanyard_proxy::parse::Host::parse(&ep.host).map_err(at)?;
+        let req = Request::post(ep.uri.path_and_query().map_or("/", |p| p.as_str()))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::copy_from_slice(form.as_bytes())));
+        let (status, body) = self.round_trip(ep, req, limits).await.map_err(at)?;
+        parse(status, &body, secrets).map_err(at)
+    }
+
+    /// GETs authorization server metadata at `url`: its body, or `None`
+    /// when the server has none there (404), so the caller tries the next
+    /// well-known location.
+    pub async fn metadata(
+        &self,
+        url: &TokenEndpoint,
+        limits: &IssuerLimits,
+    ) -> Result<Option<Bytes>, String> {
+        let at = |what: String| format!("metadata {}: {what}", url.text);
+        let req = Request::get(url.uri.path_and_query().map_or("/", |p| p.as_str()))
+            .body(Full::new(Bytes::new()));
+        let fut = self.round_trip(url, req, limits);
+        let (status, body) = tokio::time::timeout(limits.timeout, fut)
+            .await
+            .map_err(|_| {
+                at(format!(
+                    "no answer within {} ms",
+                    limits.timeout.as_millis()
+                ))
+            })?
+            .map_err(at)?;
+        match status {
+            StatusCode::OK => Ok(Some(body)),
+            StatusCode::NOT_FOUND => Ok(None),
+            other => Err(at(format!("answered {other}"))),
+        }
+    }
+
+    /// One request to `ep`'s host (pinned names first, the scheme rule
+    /// enforced on the resolved addresses), with its body bounded.
+    async fn round_trip(
+        &self,
+        ep: &TokenEndpoint,
+        req: Result<Request<Full<Bytes>>, http::Error>,
+        limits: &IssuerLimits,
+    ) -> Result<(StatusCode, Bytes), String> {
+        let mut req = req.map_err(|e| format!("cannot build request: {e}"))?;
+        let h = req.headers_mut();
+        let host = ep.uri.authority().map_or(ep.host.as_str(), |a| a.as_str());
+        h.insert(
+            header::HOST,
+            header::HeaderValue::from_str(host).map_err(|e| format!("bad host: {e}"))?,
+        );
+        h.insert(
+            header::ACCEPT,
+            header::HeaderValue::from_static("application/json"),
+        );
+        h.insert(
+            header::USER_AGENT,
+            header::HeaderValue::from_static(concat!("lanyard/", env!("CARGO_PKG_VERSION"))),
+        );
+        let name = lanyard_proxy::parse::Host::parse(&ep.host)?;
         // DNS and every connection attempt share one deadline.
         let deadline = tokio::time::Instant::now() + limits.connect_timeout;
-        let addrs = lanyard_proxy::resolve::resolve(&self.resolve, &host, ep.port, deadline)
+        let addrs = lanyard_proxy::resolve::resolve(&self.resolve, &name, ep.port, deadline)
             .await
-            .map_err(|e| at(e.to_string()))?
+            .map_err(|e| e.to_string())?
             .addrs;
         if !ep.tls && addrs.iter().any(|a| !a.is_loopback()) {
-            return Err(at(
-                "resolves to a non-loopback address; plain http refused".into()
-            ));
+            return Err("resolves to a non-loopback address; plain http refused".into());
         }
         let (tcp, _) = lanyard_proxy::resolve::connect(&addrs, ep.port, deadline)
             .await
-            .map_err(|e| at(format!("connect: {e}")))?;
+            .map_err(|e| format!("connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
-        let req = Request::post(ep.uri.path_and_query().map_or("/", |p| p.as_str()))
-            .header(
-                header::HOST,
-                ep.uri.authority().map_or(ep.host.as_str(), |a| a.as_str()),
-            )
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(header::ACCEPT, "application/json")
-            .header(
-                header::USER_AGENT,
-                concat!("lanyard/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(Full::new(Bytes::copy_from_slice(form.as_bytes())))
-            .map_err(|e| at(format!("cannot build request: {e}")))?;
         let resp = if ep.tls {
-            let name = rustls_pki_types::ServerName::try_from(ep.host.clone())
-                .map_err(|e| at(format!("invalid server name: {e}")))?;
+            let server = rustls_pki_types::ServerName::try_from(ep.host.clone())
+                .map_err(|e| format!("invalid server name: {e}"))?;
             let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-                .connect(name, tcp)
+                .connect(server, tcp)
                 .await
-                .map_err(|e| at(format!("TLS handshake failed: {e}")))?;
+                .map_err(|e| format!("TLS handshake failed: {e}"))?;
             send(TokioIo::new(tls), req).await
         } else {
             send(TokioIo::new(tcp), req).await
         }
-        .map_err(|e| at(format!("request failed: {e}")))?;
+        .map_err(|e| format!("request failed: {e}"))?;
 
         let status = resp.status();
         let body = Limited::new(resp.into_body(), limits.max_response_bytes)
@@ -201,16 +244,16 @@ impl IssuerClient {
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
                     .is_some()
                 {
-                    at(format!(
+                    format!(
                         "answered {status} with a body over {} bytes",
                         limits.max_response_bytes
-                    ))
+                    )
                 } else {
-                    at(format!("reading the response failed: {e}"))
+                    format!("reading the response failed: {e}")
                 }
             })?
             .to_bytes();
-        parse(status, &body, secrets).map_err(at)
+        Ok((status, body))
     }
 }
 

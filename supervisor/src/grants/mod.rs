@@ -18,11 +18,13 @@ use crate::config::TokenGrantConfig;
 use crate::identity::Identity;
 use crate::ops::metrics::{ExchangeLabels, Observe, ProviderLabel};
 
+pub mod discovery;
 pub mod form;
 pub mod issuer;
 #[cfg(test)]
 mod tests;
 
+pub use discovery::{Discovery, EndpointSource};
 pub use issuer::{IssuerClient, IssuerLimits, TokenEndpoint};
 
 /// The exchange flow.
@@ -107,7 +109,7 @@ pub type TokenCache = Refreshing<TokenKey, Secret>;
 pub struct GrantSource {
     provider: Arc<str>,
     grant: Grant,
-    endpoint: Option<TokenEndpoint>,
+    endpoint: Option<Arc<EndpointSource>>,
     by_endpoint: HashMap<String, TokenKey>,
     identity: Arc<Identity>,
     issuer: IssuerClient,
@@ -155,18 +157,31 @@ impl GrantSource {
         shared: &Shared,
     ) -> Result<Self, (String, String)> {
         let field = |f: &str| format!("providers.{name}.token_grant.{f}");
-        let endpoint = match (&cfg.token_endpoint, cfg.grant) {
-            (None, Grant::JwtSvid) => None,
-            (Some(_), Grant::JwtSvid) => {
+        let no_exchange = |f: &str| {
+            Err((
+                field(f),
+                format!("grant jwt_svid makes no exchange; remove {f}"),
+            ))
+        };
+        if let Some(i) = &cfg.issuer {
+            Discovery::new(i).map_err(|r| (field("issuer"), r))?;
+        }
+        let endpoint = match (&cfg.token_endpoint, &cfg.issuer, cfg.grant) {
+            (None, None, Grant::JwtSvid) => None,
+            (Some(_), _, Grant::JwtSvid) => return no_exchange("token_endpoint"),
+            (None, Some(_), Grant::JwtSvid) => return no_exchange("issuer"),
+            (None, None, _) => {
                 return Err((
                     field("token_endpoint"),
-                    "grant jwt_svid makes no exchange; remove token_endpoint".into(),
+                    "required for this grant (or issuer, to discover it)".into(),
                 ));
             }
-            (None, _) => return Err((field("token_endpoint"), "required for this grant".into())),
-            (Some(url), _) => {
-                Some(TokenEndpoint::parse(url).map_err(|r| (field("token_endpoint"), r))?)
-            }
+            (Some(url), _, _) => Some(EndpointSource::Fixed(
+                TokenEndpoint::parse(url).map_err(|r| (field("token_endpoint"), r))?,
+            )),
+            (None, Some(i), _) => Some(EndpointSource::Discovered(Box::new(
+                Discovery::new(i).map_err(|r| (field("issuer"), r))?,
+            ))),
         };
         let assertion_type = cfg
             .client_assertion_type
@@ -229,11 +244,14 @@ impl GrantSource {
                             format!("provider '{name}' (jwt_svid) needs an audience for the SVID"),
                         )
                     })?,
+                // The issuer identifier when it is known, as RFC 7523bis and
+                // Keycloak require; the token endpoint URL otherwise (RFC 7523).
                 _ => e
                     .jwt_svid_audience
                     .clone()
                     .or_else(|| cfg.jwt_svid_audience.clone())
-                    .or_else(|| endpoint.as_ref().map(|t| t.as_str().to_owned()))
+                    .or_else(|| cfg.issuer.clone())
+                    .or_else(|| cfg.token_endpoint.clone())
                     .unwrap_or_default(),
             };
             let mut scopes = e.scopes.clone().unwrap_or_else(|| cfg.scopes.clone());
@@ -267,7 +285,7 @@ impl GrantSource {
         Ok(Self {
             provider,
             grant: cfg.grant,
-            endpoint,
+            endpoint: endpoint.map(Arc::new),
             by_endpoint,
             identity: shared.identity.clone(),
             issuer: shared.issuer.clone(),
@@ -293,9 +311,10 @@ impl GrantSource {
         self.grant
     }
 
-    /// The token endpoint, when the grant exchanges.
+    /// The token endpoint when the grant exchanges, or the issuer it is
+    /// discovered from.
     pub fn token_endpoint(&self) -> Option<&str> {
-        self.endpoint.as_ref().map(TokenEndpoint::as_str)
+        self.endpoint.as_ref().map(|e| e.label())
     }
 
     /// The cache key each endpoint of this provider uses.
@@ -347,18 +366,33 @@ impl GrantSource {
                 let (observe, provider) = (observe.clone(), provider.clone());
                 async move {
                     let started = Instant::now();
-                    let got = exchange(
-                        grant,
-                        identity,
-                        issuer,
-                        limits,
-                        params.clone(),
-                        endpoint.clone(),
-                        exchanges,
-                        default_lifetime,
-                    )
-                    .await;
-                    report_exchange(&observe, &provider, &endpoint, &params, &got, started);
+                    let got = match endpoint.get(&issuer, &limits).await {
+                        Ok(url) => {
+                            exchange(
+                                grant,
+                                identity,
+                                issuer,
+                                limits,
+                                params.clone(),
+                                url,
+                                exchanges,
+                                default_lifetime,
+                            )
+                            .await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    if got.is_err() {
+                        endpoint.failed();
+                    }
+                    report_exchange(
+                        &observe,
+                        &provider,
+                        endpoint.label(),
+                        &params,
+                        &got,
+                        started,
+                    );
                     got
                 }
             })
@@ -373,7 +407,7 @@ impl GrantSource {
 fn report_exchange(
     observe: &Observe,
     provider: &str,
-    endpoint: &TokenEndpoint,
+    endpoint: &str,
     params: &Params,
     got: &Result<(Secret, Duration), String>,
     started: Instant,
@@ -397,7 +431,7 @@ fn report_exchange(
             "exchange",
             &serde_json::json!({
                 "provider": provider,
-                "issuer": endpoint.as_str(),
+                "issuer": endpoint,
                 "audience": params.audience,
                 "svid_audience": params.svid_audience,
                 "scopes": params.scopes,
