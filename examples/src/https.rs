@@ -81,6 +81,29 @@ pub fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> 
         .unwrap_or_default()
 }
 
+/// GETs `http://addr{path}`: for an issuer on loopback that serves no TLS.
+pub async fn get_plain(addr: &str, path: &str) -> Result<(StatusCode, Bytes), String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", addr)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = Limited::new(resp.into_body(), 1 << 20)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, body))
+}
+
 /// GETs `https://host{path}` from `addr` (`ip:port` or `name:port`), trusting only `roots`.
 pub async fn get(
     addr: &str,

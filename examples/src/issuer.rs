@@ -162,6 +162,20 @@ impl State {
     async fn handle(&self, req: Req) -> http::Response<http_body_util::Full<bytes::Bytes>> {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/jwks") => https::json(StatusCode::OK, &self.key.jwks()),
+            // RFC 8414 metadata, for clients configured with `issuer:` alone.
+            (&Method::GET, "/.well-known/oauth-authorization-server") => https::json(
+                StatusCode::OK,
+                &json!({
+                    "issuer": self.url,
+                    "token_endpoint": format!("{}/token", self.url),
+                    "jwks_uri": format!("{}/jwks", self.url),
+                    "grant_types_supported": [
+                        "client_credentials",
+                        "urn:ietf:params:oauth:grant-type:token-exchange",
+                        "urn:ietf:params:oauth:grant-type:jwt-bearer",
+                    ],
+                }),
+            ),
             (&Method::POST, "/token") => self.token(req.body()).await,
             _ => https::text(StatusCode::NOT_FOUND, "not found\n"),
         }
@@ -280,9 +294,13 @@ impl State {
             .await
             .ok_or_else(|| format!("kid '{kid}' is not in the SPIRE trust bundle"))?;
         let v = jwt::verify(svid, &key, LEEWAY_S)?;
+        // RFC 7523bis: the issuer identifier; RFC 7523: the token endpoint URL.
         let endpoint = format!("{}/token", self.url);
-        if !jwt::has_audience(&v.claims, &endpoint) {
-            return Err(format!("JWT-SVID audience must include {endpoint}"));
+        if !jwt::has_audience(&v.claims, &self.url) && !jwt::has_audience(&v.claims, &endpoint) {
+            return Err(format!(
+                "JWT-SVID audience must include {} or {endpoint}",
+                self.url
+            ));
         }
         let sub = v.claims["sub"].as_str().ok_or("JWT-SVID has no sub")?;
         if !sub.starts_with(&self.cfg.allowed_prefix) {

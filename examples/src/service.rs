@@ -27,6 +27,12 @@ pub struct ServiceConfig {
     pub issuer_addr: String,
     /// Host name of the issuer (for TLS).
     pub issuer_host: String,
+    /// Path of the issuer's JWKS (`/jwks` for the demo issuer; Keycloak's is
+    /// `/realms/NAME/protocol/openid-connect/certs`).
+    pub jwks_path: String,
+    /// Fetch the JWKS over plain HTTP (an issuer on loopback, as Keycloak in
+    /// the tests) instead of HTTPS.
+    pub issuer_plain_http: bool,
     /// Roots for the issuer's certificate.
     pub roots: Vec<CertificateDer<'static>>,
     /// Scope every request needs.
@@ -71,13 +77,17 @@ impl State {
             return Ok(k);
         }
         // Unknown kid: the issuer may have restarted with a new key.
-        let (status, body) = https::get(
-            &self.cfg.issuer_addr,
-            &self.cfg.issuer_host,
-            "/jwks",
-            &self.cfg.roots,
-        )
-        .await?;
+        let (status, body) = if self.cfg.issuer_plain_http {
+            https::get_plain(&self.cfg.issuer_addr, &self.cfg.jwks_path).await?
+        } else {
+            https::get(
+                &self.cfg.issuer_addr,
+                &self.cfg.issuer_host,
+                &self.cfg.jwks_path,
+                &self.cfg.roots,
+            )
+            .await?
+        };
         if status != StatusCode::OK {
             return Err(format!("issuer JWKS answered {status}"));
         }
@@ -110,11 +120,18 @@ impl State {
                 https::text(
                     StatusCode::OK,
                     format!(
-                        "service: {}\naudience: {}\nscope: {}\nsubject: {sub}\nissuer: {}\n",
+                        "service: {}\naudience: {}\nscope: {}\nsubject: {sub}\nissuer: {}\nclient: {}\nactor: {}\n",
                         self.cfg.name,
                         c["aud"].as_str().unwrap_or("-"),
                         c["scope"].as_str().unwrap_or("-"),
                         c["iss"].as_str().unwrap_or("-"),
+                        // Who asked for the token (RFC 9068 `client_id`, OIDC `azp`)
+                        // and on whose behalf it acts (RFC 8693 `act`).
+                        c["client_id"]
+                            .as_str()
+                            .or_else(|| c["azp"].as_str())
+                            .unwrap_or("-"),
+                        c["act"]["sub"].as_str().unwrap_or("-"),
                     ),
                 )
             }

@@ -267,7 +267,15 @@ pub fn check(file: &Path) -> Result<Checked, Error> {
 fn endpoint_table(v: &Validated, providers: &Providers) -> String {
     let mut rows = vec![
         [
-            "RULE", "HOST", "PORT", "PATH", "METHODS", "PROVIDER", "GRANT", "AUDIENCE",
+            "RULE",
+            "HOST",
+            "PORT",
+            "PATH",
+            "METHODS",
+            "PROVIDER",
+            "GRANT",
+            "AUDIENCE",
+            "SVID-AUDIENCE",
         ]
         .map(String::from),
     ];
@@ -310,9 +318,13 @@ fn endpoint_table(v: &Validated, providers: &Providers) -> String {
             grant.map_or_else(|| "static".to_owned(), |g| format!("{:?}", g.grant())),
             key.and_then(|k| k.params().audience.clone())
                 .unwrap_or_else(|| "-".into()),
+            // Which default applied (issuer, token endpoint) or the override.
+            key.map(|k| k.params().svid_audience.clone())
+                .filter(|a| !a.is_empty())
+                .unwrap_or_else(|| "-".into()),
         ]);
     }
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..9)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();

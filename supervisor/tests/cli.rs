@@ -349,7 +349,15 @@ fn check_prints_the_resolved_endpoint_table() {
     assert_eq!(
         lines[0],
         [
-            "RULE", "HOST", "PORT", "PATH", "METHODS", "PROVIDER", "GRANT", "AUDIENCE"
+            "RULE",
+            "HOST",
+            "PORT",
+            "PATH",
+            "METHODS",
+            "PROVIDER",
+            "GRANT",
+            "AUDIENCE",
+            "SVID-AUDIENCE"
         ]
     );
     assert_eq!(
@@ -362,6 +370,7 @@ fn check_prints_the_resolved_endpoint_table() {
             "GET,POST",
             "demo",
             "static",
+            "-",
             "-"
         ]
     );
@@ -375,10 +384,58 @@ fn check_prints_the_resolved_endpoint_table() {
             "*",
             "demo",
             "static",
+            "-",
             "-"
         ]
     );
     assert_eq!(lines.len(), 3, "{stdout}");
+}
+
+/// The JWT-SVID a grant presents is minted for the issuer identifier when
+/// the issuer is known (RFC 7523bis; Keycloak accepts nothing else), for the
+/// token endpoint URL when only that is configured (RFC 7523), and for
+/// `jwt_svid_audience` whenever it is set. `lanyard check` shows which.
+#[test]
+fn check_shows_which_svid_audience_applies() {
+    let (dir, ca) = scratch();
+    let text = base(dir.path(), &ca, 8443)
+        .replace(
+            "providers:\n",
+            "spiffe: { endpoint_socket: \"unix:///run/spire/agent.sock\" }\nproviders:\n  \
+             bare: { token_grant: { grant: client_credentials, token_endpoint: \"https://idp.example.com/oauth/token\" } }\n  \
+             known: { token_grant: { grant: client_credentials, issuer: \"https://idp.example.com/realms/sandbox\", token_endpoint: \"https://idp.example.com/oauth/token\" } }\n  \
+             found: { token_grant: { grant: token_exchange, issuer: \"https://idp.example.com/realms/sandbox\" } }\n  \
+             pinned: { token_grant: { grant: jwt_bearer, issuer: \"https://idp.example.com/realms/sandbox\", jwt_svid_audience: svid-aud } }\n",
+        )
+        .replace(
+            "endpoints:\n",
+            "endpoints:\n  - { name: b, host: b.test, provider: bare }\n  - { name: k, host: k.test, provider: known }\n  - { name: f, host: f.test, provider: found }\n  - { name: p, host: p.test, provider: pinned }\n",
+        );
+    let f = write(dir.path(), "lanyard.yaml", &text);
+    let out = Command::new(LANYARD)
+        .args(["check", "--config"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svid_aud = |rule: &str| {
+        stdout
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|l| l.first() == Some(&rule))
+            .and_then(|l| l.last().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| panic!("no row {rule} in {stdout}"))
+    };
+    assert_eq!(svid_aud("b"), "https://idp.example.com/oauth/token");
+    assert_eq!(svid_aud("k"), "https://idp.example.com/realms/sandbox");
+    assert_eq!(svid_aud("f"), "https://idp.example.com/realms/sandbox");
+    assert_eq!(svid_aud("p"), "svid-aud");
 }
 
 #[test]

@@ -29,6 +29,7 @@ use tokio_rustls::client::TlsStream;
 
 pub mod issuer;
 pub mod k8s;
+pub mod keycloak;
 pub mod logs;
 pub mod ops;
 pub mod oracle;

@@ -45,13 +45,15 @@ fn spire_bin() -> PathBuf {
     dir
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on now, for a server that cannot be handed a
+/// bound socket (SPIRE, Keycloak).
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
 }
 
 /// Polls `f` every 100 ms until it succeeds or `limit` passes.
-fn poll(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+pub fn poll(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -193,6 +195,14 @@ plugins {{
         } else {
             Err(String::from_utf8_lossy(&out.stderr).into_owned())
         }
+    }
+
+    /// The trust bundle in SPIFFE format (a JWKS with `spiffe_sequence`), as a
+    /// bundle endpoint serves it to federated relying parties such as Keycloak.
+    pub fn bundle_spiffe(&self) -> String {
+        let sock = self.server_socket();
+        self.server_cmd(&["bundle", "show", "-format", "spiffe", "-socketPath", &sock])
+            .unwrap_or_else(|e| panic!("bundle show: {e}"))
     }
 
     /// Registers `spiffe_id` for workloads matching `selector` (e.g. `unix:uid:0`),

@@ -65,6 +65,8 @@ async fn service(w: &World, issuer: &Issuer, name: &str) -> Service {
         issuer: issuer.url.clone(),
         issuer_addr: issuer.addr.to_string(),
         issuer_host: "issuer.demo.test".into(),
+        jwks_path: "/jwks".into(),
+        issuer_plain_http: false,
         roots: vec![w.pki.ca_der().clone()],
         scope: format!("{name}.read"),
     })
@@ -112,6 +114,12 @@ impl Demo {
         y.push_str(&grant("ccs", "grant: client_credentials, client_assertion_type: \"urn:ietf:params:oauth:client-assertion-type:jwt-spiffe\""));
         y.push_str(&grant("tx", "grant: token_exchange"));
         y.push_str(&grant("jb", "grant: jwt_bearer"));
+        // Discovery: the token endpoint from the issuer's RFC 8414 metadata,
+        // the SVID minted for the issuer identifier.
+        y.push_str(&format!(
+            "  disc: {{ token_grant: {{ issuer: \"{}\", grant: client_credentials }} }}\n",
+            self.issuer.url
+        ));
         y.push_str("  svid: { token_grant: { grant: jwt_svid } }\n");
         y.push_str(&format!(
             "spiffe: {{ endpoint_socket: \"{}\" }}\nresolve: {{ issuer.demo.test: 127.0.0.1, alpha.demo.test: 127.0.0.1, beta.demo.test: 127.0.0.1, direct.demo.test: 127.0.0.1 }}\n{cache}endpoints:\n",
@@ -122,7 +130,7 @@ impl Demo {
             self.beta.addr.port(),
             self.direct.addr.port(),
         );
-        for p in ["cc", "ccs", "tx", "jb"] {
+        for p in ["cc", "ccs", "tx", "jb", "disc"] {
             y.push_str(&format!("  - {{ name: alpha-{p}, host: alpha.demo.test, port: {a}, path: /{p}, provider: {p}, audience: alpha, scopes: [alpha.read] }}\n"));
         }
         y.push_str(&format!("  - {{ name: beta, host: beta.demo.test, port: {b}, provider: tx, audience: beta, scopes: [beta.read] }}\n"));
@@ -153,7 +161,7 @@ fn accepted(r: &Collected, aud: &str) {
 async fn every_grant_through_real_spire() {
     let d = Demo::new(None, 300).await;
     let p = start(&d.yaml(""), d.w.dir.path()).await;
-    for grant in ["cc", "ccs", "tx", "jb"] {
+    for grant in ["cc", "ccs", "tx", "jb", "disc"] {
         let r = get_via(
             &p,
             "alpha.demo.test",
@@ -167,7 +175,19 @@ async fn every_grant_through_real_spire() {
         &get_via(&p, "beta.demo.test", d.beta.addr.port(), "/").await,
         "beta",
     );
-    assert_eq!(d.issuer.issued.load(std::sync::atomic::Ordering::SeqCst), 5);
+    assert_eq!(d.issuer.issued.load(std::sync::atomic::Ordering::SeqCst), 6);
+    // Which audience each SVID was minted for: the token endpoint URL where
+    // only that is configured, the issuer identifier where it is known.
+    let audit = p.audit();
+    let svid_aud = |provider: &str| {
+        audit
+            .iter()
+            .find(|e| e["event"] == "exchange" && e["provider"] == provider)
+            .map(|e| e["svid_audience"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_else(|| panic!("no exchange by {provider}: {audit:#?}"))
+    };
+    assert_eq!(svid_aud("cc"), format!("{}/token", d.issuer.url));
+    assert_eq!(svid_aud("disc"), d.issuer.url);
     // jwt_svid: the upstream gets a SPIRE-issued SVID for its own audience.
     let r = get_via(&p, "direct.demo.test", d.direct.addr.port(), "/claims").await;
     assert!(
@@ -190,7 +210,7 @@ async fn every_grant_through_real_spire() {
     // and each injected token by the jti the issuer gave it.
     let audit = p.audit();
     let exchanges: Vec<_> = audit.iter().filter(|e| e["event"] == "exchange").collect();
-    assert_eq!(exchanges.len(), 5, "{audit:#?}");
+    assert_eq!(exchanges.len(), 6, "{audit:#?}");
     let beta_x = exchanges
         .iter()
         .find(|e| e["audience"] == "beta")

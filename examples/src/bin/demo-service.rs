@@ -46,6 +46,8 @@ async fn main() -> Result<(), lanyard_examples::pki::Error> {
         issuer,
         issuer_addr: issuer_addr.ok_or(missing("--issuer-addr"))?,
         issuer_host,
+        jwks_path: "/jwks".into(),
+        issuer_plain_http: false,
         roots: lanyard_examples::pki::read_certs(&ca.ok_or(missing("--ca"))?)?,
         scope: scope.ok_or(missing("--scope"))?,
     })

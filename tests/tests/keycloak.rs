@@ -1,0 +1,183 @@
+//! Identity interop with a real IdP: SPIRE issues the sandbox's JWT-SVIDs,
+//! Keycloak (federated client authentication through its SPIFFE identity
+//! provider) exchanges them for tokens, Lanyard injects those into requests
+//! to the demo service, which verifies them against Keycloak's JWKS.
+//!
+//! One SPIRE and one Keycloak serve every scenario in this file, run in turn
+//! by one test (Keycloak takes seconds to start, and a process shared
+//! between tests would outlive the test binary); each scenario starts its
+//! own Lanyard.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "integration tests: a panic is a failed assertion"
+)]
+
+use lanyard_examples::service::{self, Service, ServiceConfig};
+use lanyard_tests::keycloak::{self, Keycloak};
+use lanyard_tests::spire::{Spire, TRUST_DOMAIN};
+use lanyard_tests::*;
+
+const AGENT_ID: &str = "spiffe://demo.test/sandbox/agent-1";
+const H1: &[u8] = b"http/1.1";
+
+struct Idp {
+    spire: Spire,
+    keycloak: Keycloak,
+}
+
+/// SPIRE with the sandbox's entry, SPIRE's bundle served to Keycloak as a
+/// SPIFFE bundle endpoint does, Keycloak with `realms.json`.
+async fn idp() -> Idp {
+    let (spire, bundle_json) = tokio::task::spawn_blocking(|| {
+        let s = Spire::start();
+        s.register(AGENT_ID, "unix:uid:0", None);
+        let b = s.bundle_spiffe();
+        (s, b)
+    })
+    .await
+    .unwrap();
+    let bundle = keycloak::serve_json(bundle_json).await;
+    let endpoint = format!("http://{bundle}/bundle");
+    let realms = keycloak::realms(&[
+        ("TRUST_DOMAIN", TRUST_DOMAIN),
+        ("BUNDLE_ENDPOINT", &endpoint),
+        ("SPIFFE_ID", AGENT_ID),
+    ]);
+    let keycloak = tokio::task::spawn_blocking(move || Keycloak::start(&realms))
+        .await
+        .unwrap();
+    Idp { spire, keycloak }
+}
+
+/// Keycloak takes seconds to start: one SPIRE and one Keycloak serve every
+/// scenario, in turn, each with a Lanyard of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keycloak_end_to_end() {
+    let idp = idp().await;
+    client_credentials_with_the_svid(&idp).await;
+    an_unbound_spiffe_id_is_refused_with_the_issuers_error(&idp).await;
+}
+
+async fn alpha(w: &World, kc: &Keycloak) -> Service {
+    service::start(ServiceConfig {
+        name: "alpha".into(),
+        bind: loopback(),
+        tls: w.leaf(&["alpha.demo.test"]).server_config(&[H1]).unwrap(),
+        issuer: kc.issuer("sandbox"),
+        issuer_addr: kc.addr.clone(),
+        issuer_host: "127.0.0.1".into(),
+        jwks_path: "/realms/sandbox/protocol/openid-connect/certs".into(),
+        issuer_plain_http: true,
+        roots: Vec::new(),
+        scope: "alpha.read".into(),
+    })
+    .await
+    .unwrap()
+}
+
+fn yaml(w: &World, idp: &Idp, port: u16, providers: &str, endpoints: &str) -> String {
+    let mut y = w.base_yaml();
+    y.push_str(providers);
+    y.push_str(&format!(
+        "spiffe: {{ endpoint_socket: \"{}\" }}\nresolve: {{ alpha.demo.test: 127.0.0.1 }}\nendpoints:\n",
+        idp.spire.endpoint()
+    ));
+    y.push_str(&endpoints.replace("PORT", &port.to_string()));
+    y
+}
+
+async fn get_via(p: &Running, port: u16, path: &str) -> Collected {
+    let auth = format!("alpha.demo.test:{port}");
+    let tls = intercepted(p, &auth, "alpha.demo.test", &[H1]).await;
+    let mut c = Client::new(tls, false).await;
+    c.send(get(path, &auth)).await
+}
+
+const SPIFFE_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-spiffe";
+
+/// `client_credentials` authenticated by the JWT-SVID (`jwt-spiffe`), with
+/// only `issuer:` configured: the token endpoint comes from Keycloak's
+/// metadata and the SVID's single audience is the realm's issuer, which is
+/// the only audience Keycloak accepts. Were the SVID minted for the token
+/// endpoint URL (the RFC 7523 default), Keycloak would answer
+/// `invalid_client` and this test would fail; the second endpoint shows
+/// exactly that refusal, sanitised into a 503 that names the endpoint.
+async fn client_credentials_with_the_svid(idp: &Idp) {
+    let kc = &idp.keycloak;
+    let w = World::new();
+    let svc = alpha(&w, kc).await;
+    let port = svc.addr.port();
+    let issuer = kc.issuer("sandbox");
+    let providers = format!(
+        "  kc: {{ token_grant: {{ issuer: \"{issuer}\", grant: client_credentials, client_assertion_type: \"{SPIFFE_ASSERTION}\", scopes: [alpha.read] }} }}\n  \
+         kc-endpoint-aud: {{ token_grant: {{ issuer: \"{issuer}\", grant: client_credentials, client_assertion_type: \"{SPIFFE_ASSERTION}\", jwt_svid_audience: \"{issuer}/protocol/openid-connect/token\", scopes: [alpha.read] }} }}\n"
+    );
+    let endpoints = "  - { name: alpha, host: alpha.demo.test, port: PORT, path: /ok, provider: kc }\n  \
+                     - { name: alpha-wrong-aud, host: alpha.demo.test, port: PORT, path: /wrong, provider: kc-endpoint-aud }\n";
+    let p = start(&yaml(&w, idp, port, &providers, endpoints), w.dir.path()).await;
+
+    let r = get_via(&p, port, "/ok").await;
+    assert_eq!(r.status, http::StatusCode::OK, "{}\n{}", r.body, kc.log());
+    for want in [
+        "audience: alpha\n".to_owned(),
+        format!("issuer: {issuer}\n"),
+        "client: lanyard-sandbox\n".to_owned(),
+    ] {
+        assert!(r.body.contains(&want), "missing {want:?} in {}", r.body);
+    }
+    assert!(
+        r.body
+            .lines()
+            .any(|l| l.starts_with("scope: ") && l.split(' ').any(|s| s == "alpha.read")),
+        "{}",
+        r.body
+    );
+
+    let r = get_via(&p, port, "/wrong").await;
+    assert_eq!(
+        r.status,
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("alpha-wrong-aud"), "{}", r.body);
+    assert!(r.body.contains("invalid_client"), "{}", r.body);
+    assert_eq!(
+        svc.accepted.lock().unwrap().len(),
+        1,
+        "the refused call reached the service"
+    );
+}
+
+/// A SPIFFE ID no Keycloak client is bound to gets the issuer's refusal as
+/// a sanitised 503 naming the endpoint and the issuer's error, and the
+/// service is never called.
+async fn an_unbound_spiffe_id_is_refused_with_the_issuers_error(idp: &Idp) {
+    let kc = &idp.keycloak;
+    let w = World::new();
+    let svc = alpha(&w, kc).await;
+    let port = svc.addr.port();
+    let providers = format!(
+        "  kc: {{ token_grant: {{ issuer: \"{}\", grant: client_credentials, client_assertion_type: \"{SPIFFE_ASSERTION}\", scopes: [alpha.read] }} }}\n",
+        kc.issuer("unbound")
+    );
+    let endpoints = "  - { name: alpha, host: alpha.demo.test, port: PORT, provider: kc }\n";
+    let p = start(&yaml(&w, idp, port, &providers, endpoints), w.dir.path()).await;
+    let r = get_via(&p, port, "/").await;
+    assert_eq!(
+        r.status,
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("'alpha'"), "{}", r.body);
+    assert!(r.body.contains("invalid_client"), "{}", r.body);
+    assert!(
+        !r.body.contains("eyJ"),
+        "a JWT in the error body: {}",
+        r.body
+    );
+    assert!(svc.accepted.lock().unwrap().is_empty());
+}
