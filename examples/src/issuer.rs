@@ -48,12 +48,27 @@ pub struct Issuer {
     /// Distinct JWT-SVIDs presented so far (by digest), to see re-fetches.
     pub svids: Arc<Mutex<Vec<String>>>,
     stop: tokio::task::AbortHandle,
+    state: Arc<State>,
 }
 
 impl Issuer {
     /// Stops accepting connections (the port is free again).
     pub fn stop(&self) {
         self.stop.abort();
+    }
+
+    /// A token for the human `owner`, as the sign-in a provisioning service
+    /// holds would give it: signed by this issuer, `sub` the owner, valid for
+    /// `ttl_s` seconds (0: already expired). A sandbox created on the owner's
+    /// behalf exchanges it, with its own JWT-SVID as actor, for tokens that
+    /// carry both.
+    pub fn mint_owner(&self, owner: &str, ttl_s: u64) -> Result<String, String> {
+        let now = jwt::now();
+        self.state.key.sign(&json!({
+            "iss": self.url, "sub": owner, "aud": self.url, "iat": now,
+            "exp": if ttl_s == 0 { now.saturating_sub(60) } else { now + ttl_s },
+            "jti": self.state.key.jti(),
+        }))
     }
 }
 
@@ -101,6 +116,7 @@ pub async fn start(cfg: IssuerConfig) -> Result<Issuer, String> {
         issued,
         svids,
         stop,
+        state,
     })
 }
 
@@ -184,6 +200,7 @@ impl State {
     async fn token(&self, body: &[u8]) -> http::Response<http_body_util::Full<bytes::Bytes>> {
         let form: HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
         let f = |k: &str| form.get(k).map(String::as_str);
+        let mut owner: Option<String> = None;
         let (grant, svid) = match f("grant_type") {
             Some("client_credentials") => {
                 let t = f("client_assertion_type").unwrap_or("");
@@ -197,6 +214,30 @@ impl State {
                     );
                 }
                 ("client_credentials", f("client_assertion"))
+            }
+            // RFC 8693 delegation: the owner's token as subject, the
+            // sandbox's JWT-SVID as actor.
+            Some("urn:ietf:params:oauth:grant-type:token-exchange")
+                if f("actor_token").is_some() =>
+            {
+                if f("actor_token_type") != Some("urn:ietf:params:oauth:token-type:jwt") {
+                    return oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "actor_token_type must be urn:ietf:params:oauth:token-type:jwt",
+                    );
+                }
+                match self.verify_owner(f("subject_token").unwrap_or("")) {
+                    Ok(o) => owner = Some(o),
+                    Err(e) => {
+                        return oauth_error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_grant",
+                            &format!("subject_token: {e}"),
+                        );
+                    }
+                }
+                ("token_exchange", f("actor_token"))
             }
             Some("urn:ietf:params:oauth:grant-type:token-exchange") => {
                 if f("subject_token_type") != Some("urn:ietf:params:oauth:token-type:jwt") {
@@ -268,23 +309,45 @@ impl State {
             requested.join(" ")
         };
         let now = jwt::now();
-        let claims = json!({
+        let mut claims = json!({
             "iss": self.url, "sub": sub, "aud": aud, "scope": scope,
             "azp": f("client_id").unwrap_or(&sub), "iat": now, "exp": now + self.cfg.ttl, "jti": self.key.jti(),
         });
+        if let Some(o) = &owner {
+            // RFC 8693 §4.1: the subject is who it acts for, `act` who acts.
+            claims["sub"] = json!(o);
+            claims["act"] = json!({ "sub": sub });
+        }
         let token = match self.key.sign(&claims) {
             Ok(t) => t,
             Err(e) => return oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e),
         };
         self.issued.fetch_add(1, Ordering::SeqCst);
+        let on_behalf = owner
+            .map(|o| format!(" on behalf of {o}"))
+            .unwrap_or_default();
         crate::log(&format!(
-            "issuer: {grant}: issued aud={aud} scope=\"{scope}\" to {sub}"
+            "issuer: {grant}: issued aud={aud} scope=\"{scope}\" to {sub}{on_behalf}"
         ));
         let mut resp = json!({"access_token": token, "token_type": "Bearer", "expires_in": self.cfg.ttl, "scope": scope});
         if grant == "token_exchange" {
             resp["issued_token_type"] = json!("urn:ietf:params:oauth:token-type:access_token");
         }
         https::json(StatusCode::OK, &resp)
+    }
+
+    /// An owner token this issuer signed (see [`Issuer::mint_owner`]): its `sub`.
+    fn verify_owner(&self, token: &str) -> Result<String, String> {
+        let jwks = self.key.jwks();
+        let key = Key::from_jwk(&jwks["keys"][0])?;
+        let v = jwt::verify(token, &key, 0)?;
+        if v.claims["iss"] != self.url.as_str() {
+            return Err(format!("not issued by {}", self.url));
+        }
+        v.claims["sub"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| "no sub".to_owned())
     }
 
     async fn verify_svid(&self, svid: &str) -> Result<String, String> {

@@ -52,7 +52,18 @@ impl StaticSource {
         Ok(s)
     }
 
-    fn current(&self) -> Result<Secret, SourceError> {
+    /// A source that reads the file only when asked: a token that may
+    /// appear after start (a delegation's subject token, written by whoever
+    /// provisions the sandbox). A missing file is an error at each read.
+    pub fn lazy(path: impl Into<PathBuf>) -> Self {
+        StaticSource {
+            path: path.into(),
+            state: Mutex::new(None),
+        }
+    }
+
+    /// The token now: the file is read again when it changed.
+    pub fn current(&self) -> Result<Secret, SourceError> {
         let stamp = stamp(&self.path)?;
         let mut guard = self
             .state

@@ -245,6 +245,88 @@ async fn every_grant_through_real_spire() {
     assert!(direct["token_id"].as_str().unwrap().starts_with("hmac:"));
 }
 
+/// On-behalf-of: a provisioning service created the sandbox for alice and
+/// left her token in a file only Lanyard reads. The issued token's `sub` is
+/// alice and its `act.sub` the sandbox's SPIFFE ID (RFC 8693 §4.1), as the
+/// service sees them. A replaced token is used at once; an expired or
+/// missing one gets a 503 that says so, and the sandbox's own identity is
+/// never used instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_behalf_of_carries_the_owner_and_the_sandbox() {
+    let d = Demo::new(None, 300).await;
+    let owner_dir = d.w.dir.path().join("owner");
+    std::fs::create_dir_all(&owner_dir).unwrap();
+    let owner_file = owner_dir.join("token");
+    std::fs::write(
+        &owner_file,
+        d.issuer.mint_owner("alice@example.com", 300).unwrap(),
+    )
+    .unwrap();
+    let mut y = d.w.base_yaml();
+    y.push_str(&format!(
+        "  obo: {{ token_grant: {{ issuer: \"{}\", grant: token_exchange, on_behalf_of: {{ subject_token_file: {} }} }} }}\n",
+        d.issuer.url,
+        owner_file.display()
+    ));
+    y.push_str(&format!(
+        "spiffe: {{ endpoint_socket: \"{}\" }}\nresolve: {{ issuer.demo.test: 127.0.0.1, alpha.demo.test: 127.0.0.1 }}\nendpoints:\n  - {{ name: alpha, host: alpha.demo.test, port: {}, provider: obo, audience: alpha, scopes: [alpha.read] }}\n",
+        d.spire.endpoint(),
+        d.alpha.addr.port()
+    ));
+    let p = start(&y, d.w.dir.path()).await;
+    let port = d.alpha.addr.port();
+    let r = get_via(&p, "alpha.demo.test", port, "/").await;
+    assert_eq!(r.status, http::StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body.contains("subject: alice@example.com\n"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains(&format!("actor: {AGENT_ID}\n")),
+        "{}",
+        r.body
+    );
+
+    // Replaced (by rename, as a secret mount does): the next request acts for bob.
+    let tmp = owner_dir.join("token.new");
+    std::fs::write(&tmp, d.issuer.mint_owner("bob@example.com", 300).unwrap()).unwrap();
+    std::fs::rename(&tmp, &owner_file).unwrap();
+    let r = get_via(&p, "alpha.demo.test", port, "/").await;
+    assert!(r.body.contains("subject: bob@example.com\n"), "{}", r.body);
+
+    // Expired: refused, though a token exchanged for bob is still cached.
+    std::fs::write(&tmp, d.issuer.mint_owner("bob@example.com", 0).unwrap()).unwrap();
+    std::fs::rename(&tmp, &owner_file).unwrap();
+    let r = get_via(&p, "alpha.demo.test", port, "/").await;
+    assert_eq!(
+        r.status,
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("expired"), "{}", r.body);
+    // Missing.
+    std::fs::remove_file(&owner_file).unwrap();
+    let r = get_via(&p, "alpha.demo.test", port, "/").await;
+    assert_eq!(
+        r.status,
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains("owner's token is unavailable"),
+        "{}",
+        r.body
+    );
+
+    // Every call the service accepted named an owner, never the sandbox alone.
+    let accepted = d.alpha.accepted.lock().unwrap().clone();
+    assert_eq!(accepted, ["alice@example.com", "bob@example.com"]);
+    assert_eq!(d.issuer.issued.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spire_agent_restart_is_survived() {
     let mut d = Demo::new(Some(6), 4).await;

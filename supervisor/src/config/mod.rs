@@ -342,6 +342,11 @@ pub struct TokenGrantConfig {
     /// `requested_token_type` form field (token exchange).
     #[serde(default)]
     pub requested_token_type: Option<String>,
+    /// On-behalf-of delegation (`token_exchange` only): the exchange's
+    /// subject is a human owner's token and the sandbox's JWT-SVID is the
+    /// actor, so the issued token says both who it acts for and who acts.
+    #[serde(default)]
+    pub on_behalf_of: Option<OnBehalfOf>,
     /// Additional form fields (cannot override the ones above). A value is a
     /// string, or `{ file: PATH }` to read it (trimmed) from a file at start:
     /// keep secrets such as `client_secret` there, in a directory of their own
@@ -360,6 +365,41 @@ pub struct TokenGrantConfig {
     /// Largest token endpoint response read.
     #[serde(default = "sixty_four_k")]
     pub max_response_bytes: usize,
+}
+
+/// `token_grant.on_behalf_of`: RFC 8693 delegation with an actor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnBehalfOf {
+    /// The owner's token, sent as `subject_token`: a file mounted into
+    /// Lanyard only (`lanyard run` hides its directory), read again whenever
+    /// it changes. Missing or expired, requests get a 503 saying so; nothing
+    /// falls back to the sandbox's own identity.
+    pub subject_token_file: PathBuf,
+    /// `subject_token_type`.
+    #[serde(default = "access_token_type")]
+    pub subject_token_type: String,
+    /// How the JWT-SVID takes part: `actor_token` (RFC 8693 §2.1, with
+    /// `actor_token_type` `urn:ietf:params:oauth:token-type:jwt`), or
+    /// `client_assertion` (it authenticates the client instead, with
+    /// `client_assertion_type`: Keycloak's standard token exchange).
+    #[serde(default)]
+    pub actor: ActorMode,
+}
+
+/// See [`OnBehalfOf::actor`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorMode {
+    /// The SVID is `actor_token`.
+    #[default]
+    ActorToken,
+    /// The SVID is `client_assertion`.
+    ClientAssertion,
+}
+
+fn access_token_type() -> String {
+    "urn:ietf:params:oauth:token-type:access_token".into()
 }
 
 /// One `extra_params` value. `Debug` never shows an inline value.

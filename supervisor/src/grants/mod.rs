@@ -62,6 +62,28 @@ pub struct Params {
     pub requested_token_type: Option<String>,
     /// Extra form fields.
     pub extra_params: BTreeMap<String, String>,
+    /// On-behalf-of delegation: how the owner's token and the SVID are sent.
+    pub on_behalf_of: Option<OnBehalf>,
+}
+
+/// The shape of an on-behalf-of exchange (the owner's token itself is read
+/// at each exchange, never part of a key).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OnBehalf {
+    /// `subject_token_type`.
+    pub subject_token_type: String,
+    /// Where the SVID goes.
+    pub actor: crate::config::ActorMode,
+}
+
+/// The owner's token of an on-behalf-of provider, and which one the cached
+/// tokens were exchanged for.
+struct Owner {
+    file: lanyard_proxy::StaticSource,
+    path: std::path::PathBuf,
+    /// A keyed hash of the token the cache holds exchanges of.
+    seen: std::sync::Mutex<Option<u64>>,
+    hasher: std::collections::hash_map::RandomState,
 }
 
 impl std::fmt::Debug for Params {
@@ -74,6 +96,7 @@ impl std::fmt::Debug for Params {
             .field("scopes", &self.scopes)
             .field("resource", &self.resource)
             .field("requested_token_type", &self.requested_token_type)
+            .field("on_behalf_of", &self.on_behalf_of)
             .field(
                 "extra_params",
                 &self.extra_params.keys().collect::<Vec<_>>(),
@@ -110,6 +133,7 @@ pub struct GrantSource {
     provider: Arc<str>,
     grant: Grant,
     endpoint: Option<Arc<EndpointSource>>,
+    owner: Option<Arc<Owner>>,
     by_endpoint: HashMap<String, TokenKey>,
     identity: Arc<Identity>,
     issuer: IssuerClient,
@@ -217,6 +241,28 @@ impl GrantSource {
                 return Err((field(name), "must be greater than zero".into()));
             }
         }
+        let on_behalf_of = match (&cfg.on_behalf_of, cfg.grant) {
+            (None, _) => None,
+            (Some(o), Grant::TokenExchange) => Some(o),
+            (Some(_), _) => {
+                return Err((
+                    field("on_behalf_of"),
+                    "needs grant token_exchange (RFC 8693 delegation)".into(),
+                ));
+            }
+        };
+        let owner = on_behalf_of.map(|o| {
+            Arc::new(Owner {
+                file: lanyard_proxy::StaticSource::lazy(&o.subject_token_file),
+                path: o.subject_token_file.clone(),
+                seen: std::sync::Mutex::new(None),
+                hasher: std::collections::hash_map::RandomState::new(),
+            })
+        });
+        let obo = on_behalf_of.map(|o| OnBehalf {
+            subject_token_type: o.subject_token_type.clone(),
+            actor: o.actor,
+        });
         let mut extra_params = BTreeMap::new();
         for (k, v) in &cfg.extra_params {
             let value = v
@@ -272,6 +318,7 @@ impl GrantSource {
                 resource: cfg.resource.clone(),
                 requested_token_type: cfg.requested_token_type.clone(),
                 extra_params: extra_params.clone(),
+                on_behalf_of: obo.clone(),
             };
             by_endpoint.insert(
                 e.name.clone(),
@@ -286,6 +333,7 @@ impl GrantSource {
             provider,
             grant: cfg.grant,
             endpoint: endpoint.map(Arc::new),
+            owner,
             by_endpoint,
             identity: shared.identity.clone(),
             issuer: shared.issuer.clone(),
@@ -352,6 +400,10 @@ impl GrantSource {
             .endpoint
             .clone()
             .ok_or("provider has no token endpoint")?;
+        let owner = match &self.owner {
+            Some(o) => Some(self.owner_token(o).await?),
+            None => None,
+        };
         let fresh = self
             .cache
             .get(key, move || {
@@ -363,6 +415,7 @@ impl GrantSource {
                     endpoint.clone(),
                     exchanges.clone(),
                 );
+                let owner = owner.clone();
                 let (observe, provider) = (observe.clone(), provider.clone());
                 async move {
                     let started = Instant::now();
@@ -377,6 +430,7 @@ impl GrantSource {
                                 url,
                                 exchanges,
                                 default_lifetime,
+                                owner,
                             )
                             .await
                         }
@@ -400,6 +454,42 @@ impl GrantSource {
             .map_err(|e| e.to_string())?;
         debug_assert!(fresh.is_valid(Instant::now()));
         Ok(fresh.value.clone())
+    }
+}
+
+impl GrantSource {
+    /// The owner's token for an on-behalf-of exchange, with what remains of
+    /// its life. A changed token drops this provider's cached exchanges
+    /// (they were made for the previous owner token); a missing or expired
+    /// one is an error naming the file: nothing falls back to the sandbox's
+    /// own identity.
+    async fn owner_token(&self, o: &Owner) -> Result<(Secret, Option<Duration>), String> {
+        let token = o.file.current().map_err(|e| {
+            format!("on-behalf-of: the owner's token is unavailable ({e}); nothing falls back to the sandbox's own identity")
+        })?;
+        let remaining = issuer::jwt_remaining(token.expose());
+        if remaining.is_some_and(|r| r.is_zero()) {
+            return Err(format!(
+                "on-behalf-of: the owner's token in {} has expired; nothing falls back to the sandbox's own identity",
+                o.path.display()
+            ));
+        }
+        let fp = std::hash::BuildHasher::hash_one(&o.hasher, token.expose());
+        let changed = {
+            let mut seen = match o.seen.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            let changed = seen.is_some_and(|s| s != fp);
+            *seen = Some(fp);
+            changed
+        };
+        if changed {
+            let provider = self.provider.clone();
+            let n = self.cache.invalidate_if(|k| *k.provider == *provider).await;
+            tracing::info!(provider = %self.provider, dropped = n, "the owner's token changed; exchanging again");
+        }
+        Ok((token, remaining))
     }
 }
 
@@ -458,6 +548,7 @@ async fn exchange(
     endpoint: TokenEndpoint,
     exchanges: Arc<tokio::sync::Semaphore>,
     default_lifetime: Duration,
+    owner: Option<(Secret, Option<Duration>)>,
 ) -> Result<(Secret, Duration), String> {
     {
         {
@@ -469,9 +560,12 @@ async fn exchange(
                 .svid(&params.svid_audience)
                 .await
                 .map_err(|e| format!("no JWT-SVID for audience '{}': {e}", params.svid_audience))?;
-            let body = form::build(grant, &params, svid.value.token.expose());
-            // Whatever the issuer echoes back is scrubbed of the SVID and of extra_params values.
+            let subject = owner.as_ref().map(|(t, _)| t.expose());
+            let body = form::build(grant, &params, svid.value.token.expose(), subject);
+            // Whatever the issuer echoes back is scrubbed of the SVID, the
+            // owner's token and extra_params values.
             let mut scrub: Vec<&str> = vec![svid.value.token.expose()];
+            scrub.extend(subject);
             scrub.extend(params.extra_params.values().map(String::as_str));
             let issued = issuer.exchange(&endpoint, &body, &limits, &scrub).await?;
             let lifetime = issuer::lifetime(
@@ -479,6 +573,11 @@ async fn exchange(
                 issuer::jwt_remaining(issued.access_token.expose()),
                 default_lifetime,
             );
+            // A delegated token is not kept past the owner's own.
+            let lifetime = match owner.as_ref().and_then(|(_, r)| *r) {
+                Some(r) => lifetime.min(r),
+                None => lifetime,
+            };
             if lifetime.is_zero() {
                 return Err("issuer returned an already expired token".to_owned());
             }
@@ -501,6 +600,8 @@ const RESERVED: &[&str] = &[
     "resource",
     "client_id",
     "requested_token_type",
+    "actor_token",
+    "actor_token_type",
 ];
 
 impl TokenSource for GrantSource {

@@ -148,6 +148,7 @@ fn params() -> Params {
         resource: None,
         requested_token_type: None,
         extra_params: BTreeMap::new(),
+        on_behalf_of: None,
     }
 }
 
@@ -159,7 +160,12 @@ fn fields(body: &str) -> Vec<(String, String)> {
 
 #[test]
 fn forms_carry_exactly_their_fields() {
-    let f = fields(&form::build(Grant::ClientCredentials, &params(), "SVID"));
+    let f = fields(&form::build(
+        Grant::ClientCredentials,
+        &params(),
+        "SVID",
+        None,
+    ));
     assert_eq!(
         f,
         vec![
@@ -178,7 +184,7 @@ fn forms_carry_exactly_their_fields() {
     p.resource = Some("https://alpha.test/".into());
     p.client_id = Some("lanyard".into());
     p.extra_params.insert("x-extra".into(), "1 2".into());
-    let f = fields(&form::build(Grant::TokenExchange, &p, "SVID"));
+    let f = fields(&form::build(Grant::TokenExchange, &p, "SVID", None));
     assert_eq!(
         f,
         vec![
@@ -198,13 +204,74 @@ fn forms_carry_exactly_their_fields() {
     );
     let mut p = params();
     p.audience = None;
-    let f = fields(&form::build(Grant::JwtBearer, &p, "SVID"));
+    let f = fields(&form::build(Grant::JwtBearer, &p, "SVID", None));
     assert_eq!(
         f,
         vec![
             ("grant_type".into(), form::GRANT_JWT_BEARER.into()),
             ("assertion".into(), "SVID".into()),
             ("scope".into(), "read write".into()),
+        ]
+    );
+}
+
+/// On-behalf-of: the owner's token is the subject; the SVID is the actor
+/// (RFC 8693 §2.1) or authenticates the client (Keycloak), never the subject.
+#[test]
+fn on_behalf_of_forms_put_the_owner_first_and_the_svid_beside_it() {
+    let mut p = params();
+    p.on_behalf_of = Some(super::OnBehalf {
+        subject_token_type: "urn:ietf:params:oauth:token-type:access_token".into(),
+        actor: crate::config::ActorMode::ActorToken,
+    });
+    let f = fields(&form::build(
+        Grant::TokenExchange,
+        &p,
+        "SVID",
+        Some("OWNER"),
+    ));
+    assert_eq!(
+        f,
+        vec![
+            ("grant_type".into(), form::GRANT_TOKEN_EXCHANGE.into()),
+            ("subject_token".into(), "OWNER".into()),
+            (
+                "subject_token_type".into(),
+                "urn:ietf:params:oauth:token-type:access_token".into()
+            ),
+            ("actor_token".into(), "SVID".into()),
+            ("actor_token_type".into(), form::TOKEN_TYPE_JWT.into()),
+            ("scope".into(), "read write".into()),
+            ("audience".into(), "alpha".into()),
+        ]
+    );
+    p.on_behalf_of = Some(super::OnBehalf {
+        subject_token_type: "urn:ietf:params:oauth:token-type:access_token".into(),
+        actor: crate::config::ActorMode::ClientAssertion,
+    });
+    p.client_assertion_type = form::ASSERTION_JWT_SPIFFE.into();
+    let f = fields(&form::build(
+        Grant::TokenExchange,
+        &p,
+        "SVID",
+        Some("OWNER"),
+    ));
+    assert_eq!(
+        f,
+        vec![
+            ("grant_type".into(), form::GRANT_TOKEN_EXCHANGE.into()),
+            ("subject_token".into(), "OWNER".into()),
+            (
+                "subject_token_type".into(),
+                "urn:ietf:params:oauth:token-type:access_token".into()
+            ),
+            (
+                "client_assertion_type".into(),
+                form::ASSERTION_JWT_SPIFFE.into()
+            ),
+            ("client_assertion".into(), "SVID".into()),
+            ("scope".into(), "read write".into()),
+            ("audience".into(), "alpha".into()),
         ]
     );
 }

@@ -73,6 +73,17 @@ pub fn plan(v: &Validated, file: &Path) -> Result<Plan, ConfigFileError> {
                 dir.to_owned(),
             ));
         }
+        if let Some(dir) = p
+            .token_grant
+            .as_ref()
+            .and_then(|g| g.on_behalf_of.as_ref())
+            .and_then(|o| o.subject_token_file.parent())
+        {
+            dirs.push((
+                format!("providers.{name}.token_grant.on_behalf_of.subject_token_file"),
+                dir.to_owned(),
+            ));
+        }
         for (k, value) in p.token_grant.iter().flat_map(|g| &g.extra_params) {
             if let crate::config::ParamValue::File(f) = value
                 && let Some(dir) = f.file.parent()
