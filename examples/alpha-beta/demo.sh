@@ -103,9 +103,13 @@ echo "SPIRE ready: workload spiffe://$td/sandbox/agent-1 (selector unix:uid:0), 
 sock="unix://$work/spire/agent/agent.sock"
 
 bold "token issuer, alpha and beta (HTTPS, demo CA)"
+# The sandbox works for alice: the provisioning service left her token where
+# only Lanyard reads it (lanyard run hides the directory from the agent).
+mkdir -p -m 700 "$work/owner"
 "$bin/demo-issuer" --name issuer.demo.test --cert "$work/pki/issuer.demo.test.pem" --key "$work/pki/issuer.demo.test-key.pem" \
   --workload-api "$sock" --allowed-prefix "spiffe://$td/sandbox/" \
-  --audience alpha=alpha.read,alpha.write --audience beta=beta.read >"$work/issuer.out" 2>"$work/issuer.out.err" & pids+=($!)
+  --audience alpha=alpha.read,alpha.write --audience beta=beta.read \
+  --owner-token "alice@demo.test=$work/owner/token" >"$work/issuer.out" 2>"$work/issuer.out.err" & pids+=($!)
 issuer=$(wait_addr "$work/issuer.out"); iport=${issuer##*:}
 for svc in alpha beta; do
   "$bin/demo-service" --name $svc --cert "$work/pki/$svc.demo.test.pem" --key "$work/pki/$svc.demo.test-key.pem" \
@@ -127,9 +131,14 @@ providers:
     token_grant:
       token_endpoint: https://issuer.demo.test:$iport/token
       grant: token_exchange                  # RFC 8693: the JWT-SVID is the subject token
+  on-behalf-of-alice:
+    token_grant:
+      issuer: https://issuer.demo.test:$iport   # token endpoint from its RFC 8414 metadata
+      grant: token_exchange                  # alice's token is the subject, the JWT-SVID the actor
+      on_behalf_of: { subject_token_file: $work/owner/token }
 endpoints:
   - { name: alpha, host: alpha.demo.test, port: ${alpha##*:}, provider: demo-issuer, audience: alpha, scopes: [alpha.read] }
-  - { name: beta,  host: beta.demo.test,  port: ${beta##*:},  provider: demo-issuer, audience: beta,  scopes: [beta.read] }
+  - { name: beta,  host: beta.demo.test,  port: ${beta##*:},  provider: on-behalf-of-alice, audience: beta,  scopes: [beta.read] }
 egress: { default: deny }
 # The agent sees the system directories (read-only), the CA bundle, and its script; nothing else.
 agent: { read_only: [$work/agent.sh] }
@@ -172,7 +181,8 @@ expect "agent: alpha says: scope: alpha.read"
 expect "agent: alpha says: subject: spiffe://$td/sandbox/agent-1"
 expect "agent: beta says: audience: beta"
 expect "agent: beta says: scope: beta.read"
-expect "agent: beta says: subject: spiffe://$td/sandbox/agent-1"
+expect "agent: beta says: subject: alice@demo.test"
+expect "agent: beta says: actor: spiffe://$td/sandbox/agent-1"
 expect "agent: Workload API unreachable"
 expect "agent: alpha unreachable without the proxy"
 grep -q "eyJ" "$work/agent.out" && fail "a token or SVID reached the agent"
