@@ -7,7 +7,6 @@
 //!
 //! A missing distribution or Java fails the test: they are not a skip.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -97,8 +96,6 @@ impl Keycloak {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
-            // Its own process group: kc.sh starts the JVM as a child.
-            .process_group(0)
             .spawn()
             .expect("start kc.sh");
         let kc = Keycloak {
@@ -152,6 +149,26 @@ impl Keycloak {
         v["access_token"].as_str().expect("access_token").to_owned()
     }
 
+    /// A user's access token from `client` (a public client with direct
+    /// access grants), as a portal the user signed in to would hold.
+    pub fn password_token(&self, realm: &str, client: &str, user: &str, password: &str) -> String {
+        let out = curl(&[
+            "-f",
+            "-d",
+            "grant_type=password",
+            "-d",
+            &format!("client_id={client}"),
+            "-d",
+            &format!("username={user}"),
+            "-d",
+            &format!("password={password}"),
+            &format!("{}/protocol/openid-connect/token", self.issuer(realm)),
+        ])
+        .unwrap_or_else(|e| panic!("{user}'s token: {e}\n{}", self.log()));
+        let v: serde_json::Value = serde_json::from_str(&out).expect("token JSON");
+        v["access_token"].as_str().expect("access_token").to_owned()
+    }
+
     /// A realm's issuer identifier.
     pub fn issuer(&self, realm: &str) -> String {
         format!("{}/realms/{realm}", self.url)
@@ -194,12 +211,10 @@ pub async fn serve_json(body: String) -> std::net::SocketAddr {
 
 impl Drop for Keycloak {
     fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // The whole group: kc.sh and the JVM it started.
-            let _ = Command::new("kill")
-                .args(["-9", &format!("-{pid}")])
-                .status();
-        }
+        // The JVM kc.sh started, then kc.sh itself.
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-P", &self.child.id().to_string()])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

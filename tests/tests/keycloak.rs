@@ -21,6 +21,8 @@ use lanyard_tests::*;
 
 const AGENT_ID: &str = "spiffe://demo.test/sandbox/agent-1";
 const H1: &[u8] = b"http/1.1";
+/// alice's password in the test realm (she signs in to the `portal` client).
+const OWNER_PASSWORD: &str = "alice-test-password";
 
 struct Idp {
     spire: Spire,
@@ -44,6 +46,7 @@ async fn idp() -> Idp {
         ("TRUST_DOMAIN", TRUST_DOMAIN),
         ("BUNDLE_ENDPOINT", &endpoint),
         ("SPIFFE_ID", AGENT_ID),
+        ("OWNER_PASSWORD", OWNER_PASSWORD),
     ]);
     let keycloak = tokio::task::spawn_blocking(move || Keycloak::start(&realms))
         .await
@@ -58,6 +61,7 @@ async fn keycloak_end_to_end() {
     let idp = idp().await;
     client_credentials_with_the_svid(&idp).await;
     an_unbound_spiffe_id_is_refused_with_the_issuers_error(&idp).await;
+    on_behalf_of_alice_through_standard_token_exchange(&idp).await;
 }
 
 async fn alpha(w: &World, kc: &Keycloak) -> Service {
@@ -180,4 +184,63 @@ async fn an_unbound_spiffe_id_is_refused_with_the_issuers_error(idp: &Idp) {
         r.body
     );
     assert!(svc.accepted.lock().unwrap().is_empty());
+}
+
+/// On-behalf-of with Keycloak's standard token exchange: alice signed in to
+/// the provisioning portal, whose token (audience: the sandbox's client) is
+/// left where only Lanyard reads it. Lanyard exchanges it, authenticating
+/// the sandbox's client with the JWT-SVID (`actor: client_assertion`), for a
+/// token whose subject is alice and whose client (`azp`) is the sandbox.
+async fn on_behalf_of_alice_through_standard_token_exchange(idp: &Idp) {
+    let kc = &idp.keycloak;
+    let w = World::new();
+    let svc = alpha(&w, kc).await;
+    let port = svc.addr.port();
+    let issuer = kc.issuer("sandbox");
+    let owner = kc.password_token("sandbox", "portal", "alice", OWNER_PASSWORD);
+    let alice = claims(&owner)["sub"].as_str().unwrap().to_owned();
+    let owner_dir = w.dir.path().join("owner");
+    std::fs::create_dir_all(&owner_dir).unwrap();
+    let owner_file = owner_dir.join("token");
+    std::fs::write(&owner_file, &owner).unwrap();
+    let providers = format!(
+        "  kc-obo: {{ token_grant: {{ issuer: \"{issuer}\", grant: token_exchange, client_assertion_type: \"{SPIFFE_ASSERTION}\", scopes: [alpha.read], on_behalf_of: {{ subject_token_file: {}, actor: client_assertion }} }} }}\n",
+        owner_file.display()
+    );
+    let endpoints = "  - { name: alpha, host: alpha.demo.test, port: PORT, provider: kc-obo }\n";
+    let p = start(&yaml(&w, idp, port, &providers, endpoints), w.dir.path()).await;
+    let r = get_via(&p, port, "/").await;
+    assert_eq!(r.status, http::StatusCode::OK, "{}\n{}", r.body, kc.log());
+    for want in [
+        format!("subject: {alice}\n"),
+        "client: lanyard-sandbox\n".to_owned(),
+        format!("issuer: {issuer}\n"),
+    ] {
+        assert!(r.body.contains(&want), "missing {want:?} in {}", r.body);
+    }
+    // alice's token gone: a 503 that says so, and nothing on the sandbox's own.
+    std::fs::remove_file(&owner_file).unwrap();
+    let r = get_via(&p, port, "/").await;
+    assert_eq!(
+        r.status,
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains("owner's token is unavailable"),
+        "{}",
+        r.body
+    );
+    assert_eq!(svc.accepted.lock().unwrap().clone(), [alice]);
+}
+
+/// A JWT's claims, unverified (the test reads its own token).
+fn claims(jwt: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let payload = jwt.split('.').nth(1).unwrap();
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&raw).unwrap()
 }
