@@ -87,6 +87,9 @@ pub enum Command {
     /// The sandbox CA.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Print the Lanyard config equivalent to another tool's configuration.
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// Print a shell completion script.
     #[command(after_help = "Example:\n  lanyard completions zsh > \"${fpath[1]}/_lanyard\"")]
     Completions {
@@ -112,6 +115,20 @@ pub enum CaCommand {
         /// Path to lanyard.yaml.
         #[arg(long, short)]
         config: PathBuf,
+    },
+}
+
+/// `lanyard import ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// An NVIDIA OpenShell provider profile, as it is: prints the providers,
+    /// endpoints and token cache bound that do the same, or exits 64 naming
+    /// the profile field Lanyard cannot honour.
+    #[command(after_help = "Example:
+  lanyard import openshell tracker-profile.yaml >> lanyard.yaml && lanyard check --config lanyard.yaml")]
+    Openshell {
+        /// The profile (YAML).
+        profile: PathBuf,
     },
 }
 
@@ -165,6 +182,15 @@ pub fn run(cli: Cli) -> i32 {
             }
             Err(e) => report(&e),
         },
+        Command::Import(ImportCommand::Openshell { profile }) => {
+            match crate::openshell::import(&profile) {
+                Ok(text) => {
+                    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+                    0
+                }
+                Err(e) => report(&Error::Config(e)),
+            }
+        }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "lanyard", &mut std::io::stdout());

@@ -16,6 +16,7 @@ pub mod grants;
 pub mod identity;
 pub mod logging;
 pub mod netinit;
+pub mod openshell;
 pub mod ops;
 pub mod paths;
 pub mod run;

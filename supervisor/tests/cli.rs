@@ -438,6 +438,51 @@ fn check_shows_which_svid_audience_applies() {
     assert_eq!(svid_aud("p"), "svid-aud");
 }
 
+/// `lanyard import openshell`: the equivalent config on stdout (exit 0), or
+/// the profile field it cannot honour on stderr (exit 64).
+#[test]
+fn import_openshell_prints_config_or_names_the_field() {
+    let (dir, _) = scratch();
+    let good = write(
+        dir.path(),
+        "profile.yaml",
+        "id: t\nendpoints: [ { host: api.example.com } ]\ncredentials:\n  - { name: c, token_grant: { token_endpoint: \"https://idp.example.com/token\" } }\n",
+    );
+    let out = Command::new(LANYARD)
+        .args(["import", "openshell"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("  - { name: t-0, host: \"api.example.com\", port: 443, provider: t-c }"),
+        "{text}"
+    );
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "id: t\nendpoints: [ { host: api.example.com, enforcement: audit } ]\ncredentials:\n  - { name: c, token_grant: { token_endpoint: \"https://idp.example.com/token\" } }\n",
+    );
+    let out = Command::new(LANYARD)
+        .args(["import", "openshell"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yaml: endpoints[0].enforcement: 'audit'"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
 #[test]
 fn version_help_completions_and_ca_export() {
     let run = |args: &[&str]| {

@@ -327,6 +327,33 @@ async fn on_behalf_of_carries_the_owner_and_the_sandbox() {
     assert_eq!(d.issuer.issued.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
+/// A team moving from OpenShell brings its provider profile as it is:
+/// `lanyard import openshell` turns it into providers and endpoints, and the
+/// result gets alpha its token and, through `audience_overrides`, beta a
+/// token of its own audience and scopes, from real SPIRE and the demo issuer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openshell_profile_imported_as_it_is() {
+    let d = Demo::new(None, 300).await;
+    let (a, b) = (d.alpha.addr.port(), d.beta.addr.port());
+    let profile = format!(
+        "id: demo-services\ndisplay_name: Demo services\ncategory: demo\nendpoints:\n  - {{ host: alpha.demo.test, port: {a}, protocol: rest, tls: terminate, access: read-write, enforcement: enforce }}\nbinaries: []\ncredentials:\n  - name: issuer\n    auth_style: bearer\n    header_name: Authorization\n    token_grant:\n      token_endpoint: {}/token\n      audience: alpha\n      scopes: [alpha.read]\n      cache_ttl_seconds: 300\n      audience_overrides:\n        - {{ host: beta.demo.test, port: {b}, path: /, audience: beta, scopes: [beta.read] }}\n",
+        d.issuer.url
+    );
+    let file = d.w.dir.path().join("profile.yaml");
+    std::fs::write(&file, profile).unwrap();
+    let imported = lanyard_supervisor::openshell::import(&file).unwrap();
+    // The test's base config, less its own providers, then the import.
+    let base = d.w.base_yaml();
+    let head = base.split("providers:").next().unwrap();
+    let y = format!(
+        "{head}spiffe: {{ endpoint_socket: \"{}\" }}\nresolve: {{ issuer.demo.test: 127.0.0.1, alpha.demo.test: 127.0.0.1, beta.demo.test: 127.0.0.1 }}\n{imported}",
+        d.spire.endpoint()
+    );
+    let p = start(&y, d.w.dir.path()).await;
+    accepted(&get_via(&p, "alpha.demo.test", a, "/").await, "alpha");
+    accepted(&get_via(&p, "beta.demo.test", b, "/").await, "beta");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spire_agent_restart_is_survived() {
     let mut d = Demo::new(Some(6), 4).await;

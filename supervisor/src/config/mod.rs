@@ -518,6 +518,39 @@ pub struct Validated {
     pub workload_endpoint: Result<Option<spiffe::transport::Endpoint>, String>,
 }
 
+/// Parses YAML text into `T`, locating any error by its dotted field path;
+/// `path` is only used in messages.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    path: &Path,
+) -> Result<T, ConfigFileError> {
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut field = e.path().to_string();
+        let inner = e.into_inner();
+        let mut reason = inner.to_string();
+        // serde_yaml prefixes its own copy of the path; keep one.
+        if let Some(rest) = reason.strip_prefix(&format!("{field}: ")) {
+            reason = rest.to_owned();
+        }
+        // A missing field is reported at its parent; name the field itself.
+        if let Some(name) = reason
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
+        {
+            field = if field == "." {
+                name.to_owned()
+            } else {
+                format!("{field}.{name}")
+            };
+        }
+        if field == "." {
+            field = "(top level)".into();
+        }
+        ConfigFileError::new(path, field, reason)
+    })
+}
+
 /// A config error located in a file. Displayed as `FILE: FIELD: REASON`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}: {field}: {reason}")]
@@ -531,6 +564,11 @@ pub struct ConfigFileError {
 }
 
 impl ConfigFileError {
+    /// An error at `field` of `file`.
+    pub fn at(file: &Path, field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::new(file, field, reason)
+    }
+
     fn new(file: &Path, field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
             file: file.display().to_string(),
@@ -555,31 +593,7 @@ impl Config {
 
     /// Parses YAML text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigFileError> {
-        let de = serde_yaml_ng::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let mut field = e.path().to_string();
-            let inner = e.into_inner();
-            let mut reason = inner.to_string();
-            // serde_yaml prefixes its own copy of the path; keep one.
-            if let Some(rest) = reason.strip_prefix(&format!("{field}: ")) {
-                reason = rest.to_owned();
-            }
-            // A missing field is reported at its parent; name the field itself.
-            if let Some(name) = reason
-                .strip_prefix("missing field `")
-                .and_then(|r| r.split('`').next())
-            {
-                field = if field == "." {
-                    name.to_owned()
-                } else {
-                    format!("{field}.{name}")
-                };
-            }
-            if field == "." {
-                field = "(top level)".into();
-            }
-            ConfigFileError::new(path, field, reason)
-        })
+        parse_yaml(text, path)
     }
 
     /// Validates everything that can be checked without side effects and
