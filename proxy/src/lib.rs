@@ -24,6 +24,7 @@ pub mod matcher;
 pub mod observe;
 pub mod parse;
 mod plain;
+pub mod policy;
 mod relay;
 pub mod resolve;
 pub mod secret;

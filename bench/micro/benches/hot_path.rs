@@ -110,6 +110,31 @@ fn bench(c: &mut Criterion) {
     c.bench_function("audit/token id (JWT jti)", |b| {
         b.iter(|| telemetry.token_id(black_box(&token)))
     });
+    // Statement policy (issue 15): 100 statements, the deciding one last, so
+    // every statement is tried; one deny among them.
+    let mut statements: Vec<lanyard_proxy::policy::Statement> = (0..99)
+        .map(|i| lanyard_proxy::policy::Statement {
+            effect: lanyard_proxy::policy::Effect::Allow,
+            actions: vec!["GET".into(), "POST".into()],
+            resources: vec![format!("/repos/org{i}/*/issues/**")],
+        })
+        .collect();
+    statements[50].effect = lanyard_proxy::policy::Effect::Deny;
+    statements.push(lanyard_proxy::policy::Statement {
+        effect: lanyard_proxy::policy::Effect::Allow,
+        actions: vec!["GET".into()],
+        resources: vec!["/repos/acme/widgets/issues/**".into()],
+    });
+    let policy = lanyard_proxy::policy::Policy::compile(&statements).unwrap();
+    c.bench_function("policy/decide (100 statements, last one allows)", |b| {
+        b.iter(|| {
+            policy.decide(
+                black_box(&Method::GET),
+                black_box("api.example.com"),
+                black_box("/repos/acme/widgets/issues/42/comments"),
+            )
+        })
+    });
     let _ = std::fs::remove_dir_all(&dir);
 }
 

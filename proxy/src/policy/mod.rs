@@ -1,0 +1,266 @@
+//! Statement policy: which actions on which resources an agent may perform
+//! at an endpoint, decided before any token is fetched (issue 15).
+//!
+//! A statement is `{ effect: allow | deny, actions: [...], resources: [...] }`.
+//! Actions are HTTP methods or `*`. A resource is a pattern over the
+//! normalised path (query excluded): `*` matches within one segment (any
+//! characters but `/`, so `v*` matches `v1`), a segment that is exactly `**`
+//! matches zero or more segments, anything else is literal and
+//! case-sensitive. A resource may start with a host (`api.example.com/...`,
+//! compared without case) for wildcard endpoints.
+//!
+//! Any matching `deny` wins; otherwise any matching `allow` allows; otherwise
+//! the request is denied (an endpoint with statements is deny by default).
+//! Patterns are compiled once; [`Policy::decide`] allocates nothing: the
+//! path's segments are split into a fixed array on the stack, and a path of
+//! more than [`MAX_SEGMENTS`] segments is denied.
+
+use http::Method;
+
+/// Segments a path may have for a statement to allow it.
+pub const MAX_SEGMENTS: usize = 64;
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    /// The statement allows what it matches.
+    #[default]
+    Allow,
+    /// The statement denies what it matches, whatever else allows it.
+    Deny,
+}
+
+/// One statement, as configured.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Statement {
+    /// `allow` (default) or `deny`.
+    #[serde(default)]
+    pub effect: Effect,
+    /// HTTP methods (any case), or `*` for every method.
+    pub actions: Vec<String>,
+    /// Path patterns, optionally preceded by a host.
+    pub resources: Vec<String>,
+}
+
+/// What decided a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed by the statement at this index.
+    Allow(usize),
+    /// Denied by the `deny` statement at this index.
+    Deny(usize),
+    /// No statement allowed it.
+    NoMatch,
+}
+
+impl Decision {
+    /// Whether the request may go on.
+    pub fn allowed(self) -> bool {
+        matches!(self, Decision::Allow(_))
+    }
+}
+
+/// A policy's statements, compiled.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    statements: Vec<Compiled>,
+}
+
+#[derive(Debug, Clone)]
+struct Compiled {
+    index: usize,
+    effect: Effect,
+    /// `None`: every method.
+    methods: Option<Vec<Method>>,
+    resources: Vec<Resource>,
+}
+
+#[derive(Debug, Clone)]
+struct Resource {
+    host: Option<String>,
+    segments: Vec<Seg>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    /// `**`: zero or more whole segments.
+    Any,
+    /// A segment glob; `*` matches any run of characters but `/`.
+    Glob(String),
+}
+
+impl Policy {
+    /// Compiles `statements`; an error names the statement (`[i]`), the
+    /// field and the reason.
+    pub fn compile(statements: &[Statement]) -> Result<Self, (String, String)> {
+        let mut out = Vec::with_capacity(statements.len());
+        for (i, s) in statements.iter().enumerate() {
+            let f = |field: &str| format!("[{i}].{field}");
+            if s.actions.is_empty() {
+                return Err((f("actions"), "must name at least one method, or *".into()));
+            }
+            if s.resources.is_empty() {
+                return Err((f("resources"), "must name at least one resource".into()));
+            }
+            let methods = if s.actions.iter().any(|a| a == "*") {
+                None
+            } else {
+                let mut m = Vec::new();
+                for (j, a) in s.actions.iter().enumerate() {
+                    let up = a.to_ascii_uppercase();
+                    let method = Method::from_bytes(up.as_bytes()).map_err(|_| {
+                        (
+                            f(&format!("actions[{j}]")),
+                            format!("'{a}' is not an HTTP method"),
+                        )
+                    })?;
+                    m.push(method);
+                }
+                Some(m)
+            };
+            let mut resources = Vec::new();
+            for (j, r) in s.resources.iter().enumerate() {
+                resources
+                    .push(Resource::parse(r).map_err(|why| (f(&format!("resources[{j}]")), why))?);
+            }
+            out.push(Compiled {
+                index: i,
+                effect: s.effect,
+                methods,
+                resources,
+            });
+        }
+        Ok(Self { statements: out })
+    }
+
+    /// Whether the policy has any statement (none: everything is allowed,
+    /// as before statements existed).
+    pub fn is_empty(&self) -> bool {
+        self.statements.is_empty()
+    }
+
+    /// Decides `method` on `host` + `path` (the normalised path, no query).
+    pub fn decide(&self, method: &Method, host: &str, path: &str) -> Decision {
+        let mut buf = [""; MAX_SEGMENTS];
+        let Some(n) = split(path, &mut buf) else {
+            return Decision::NoMatch;
+        };
+        let segs = &buf[..n];
+        let mut allow = None;
+        for s in &self.statements {
+            if !s.methods.as_ref().is_none_or(|m| m.contains(method)) {
+                continue;
+            }
+            if !s.resources.iter().any(|r| r.matches(host, segs)) {
+                continue;
+            }
+            match s.effect {
+                Effect::Deny => return Decision::Deny(s.index),
+                Effect::Allow => {
+                    allow.get_or_insert(s.index);
+                }
+            }
+        }
+        allow.map_or(Decision::NoMatch, Decision::Allow)
+    }
+}
+
+/// Splits an absolute path into its non-empty segments; `None` past the cap.
+fn split<'a>(path: &'a str, buf: &mut [&'a str; MAX_SEGMENTS]) -> Option<usize> {
+    let mut n = 0;
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        *buf.get_mut(n)? = seg;
+        n += 1;
+    }
+    Some(n)
+}
+
+impl Resource {
+    fn parse(text: &str) -> Result<Self, String> {
+        let (host, path) = match text.find('/') {
+            Some(0) => (None, text),
+            Some(i) => (Some(text[..i].to_ascii_lowercase()), &text[i..]),
+            None => {
+                return Err(format!(
+                    "'{text}' must be a path starting with / (or host/path)"
+                ));
+            }
+        };
+        if path.contains('?') || path.contains('#') {
+            return Err(format!(
+                "'{text}': resources match the path only; remove the query"
+            ));
+        }
+        let mut segments = Vec::new();
+        for seg in path.split('/').filter(|s| !s.is_empty()) {
+            if seg == "." || seg == ".." {
+                return Err(format!(
+                    "'{text}': dot segments never reach a statement (paths are normalised first)"
+                ));
+            }
+            if seg == "**" {
+                // `**/**` means the same as `**`.
+                if segments.last() != Some(&Seg::Any) {
+                    segments.push(Seg::Any);
+                }
+            } else if seg.contains("**") {
+                return Err(format!("'{text}': ** must be a whole segment"));
+            } else {
+                segments.push(Seg::Glob(seg.to_owned()));
+            }
+        }
+        Ok(Self { host, segments })
+    }
+
+    fn matches(&self, host: &str, segs: &[&str]) -> bool {
+        if let Some(h) = &self.host
+            && !h.eq_ignore_ascii_case(host)
+        {
+            return false;
+        }
+        match_segments(&self.segments, segs)
+    }
+}
+
+/// Segment-wise match with `**` backtracking; no allocation.
+fn match_segments(pat: &[Seg], segs: &[&str]) -> bool {
+    match pat.split_first() {
+        None => segs.is_empty(),
+        Some((Seg::Any, rest)) => (0..=segs.len()).any(|k| match_segments(rest, &segs[k..])),
+        Some((Seg::Glob(g), rest)) => match segs.split_first() {
+            Some((s, more)) => glob(g.as_bytes(), s.as_bytes()) && match_segments(rest, more),
+            None => false,
+        },
+    }
+}
+
+/// `*` matches any run of bytes (segments hold no `/`); everything else literally.
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while si < s.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = si;
+            pi += 1;
+        } else if pi < p.len() && p[pi] == s[si] {
+            pi += 1;
+            si += 1;
+        } else if let Some(st) = star {
+            pi = st + 1;
+            mark += 1;
+            si = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests;

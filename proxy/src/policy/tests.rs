@@ -1,0 +1,251 @@
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn st(effect: Effect, actions: &[&str], resources: &[&str]) -> Statement {
+    Statement {
+        effect,
+        actions: actions.iter().map(|s| (*s).to_owned()).collect(),
+        resources: resources.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+#[test]
+fn one_repository_read_issues_and_comment() {
+    let p = Policy::compile(&[
+        st(Effect::Allow, &["GET"], &["/repos/acme/widgets/issues/**"]),
+        st(
+            Effect::Allow,
+            &["post"],
+            &["/repos/acme/widgets/issues/*/comments"],
+        ),
+        st(
+            Effect::Deny,
+            &["*"],
+            &["/repos/acme/widgets/issues/*/comments/secret*"],
+        ),
+    ])
+    .unwrap();
+    let d = |m: &str, path: &str| {
+        p.decide(&Method::from_bytes(m.as_bytes()).unwrap(), "api.test", path)
+    };
+    assert_eq!(d("GET", "/repos/acme/widgets/issues"), Decision::Allow(0));
+    assert_eq!(
+        d("GET", "/repos/acme/widgets/issues/7/comments"),
+        Decision::Allow(0)
+    );
+    assert_eq!(
+        d("POST", "/repos/acme/widgets/issues/7/comments"),
+        Decision::Allow(1)
+    );
+    assert_eq!(d("POST", "/repos/acme/widgets/issues/7"), Decision::NoMatch);
+    assert_eq!(
+        d("DELETE", "/repos/acme/widgets/issues/7"),
+        Decision::NoMatch
+    );
+    assert_eq!(d("GET", "/repos/acme/gadgets/issues"), Decision::NoMatch);
+    assert_eq!(
+        d("GET", "/Repos/acme/widgets/issues"),
+        Decision::NoMatch,
+        "case-sensitive"
+    );
+    assert_eq!(
+        d("GET", "/repos/acme/widgets/issues/7/comments/secret-1"),
+        Decision::Deny(2)
+    );
+}
+
+#[test]
+fn hosts_globs_and_bad_statements() {
+    let p = Policy::compile(&[st(Effect::Allow, &["*"], &["EU.api.test/v*/items"])]).unwrap();
+    assert!(p.decide(&Method::GET, "eu.api.test", "/v2/items").allowed());
+    assert!(!p.decide(&Method::GET, "us.api.test", "/v2/items").allowed());
+    assert!(!p.decide(&Method::GET, "eu.api.test", "/x2/items").allowed());
+    for (s, field) in [
+        (st(Effect::Allow, &[], &["/"]), "[0].actions"),
+        (st(Effect::Allow, &["GET"], &[]), "[0].resources"),
+        (st(Effect::Allow, &["GE T"], &["/"]), "[0].actions[0]"),
+        (st(Effect::Allow, &["GET"], &["api"]), "[0].resources[0]"),
+        (st(Effect::Allow, &["GET"], &["/a?b=1"]), "[0].resources[0]"),
+        (
+            st(Effect::Allow, &["GET"], &["/a/../b"]),
+            "[0].resources[0]",
+        ),
+        (st(Effect::Allow, &["GET"], &["/a**"]), "[0].resources[0]"),
+    ] {
+        assert_eq!(Policy::compile(&[s]).unwrap_err().0, field);
+    }
+    let mut deep = String::new();
+    for _ in 0..=MAX_SEGMENTS {
+        deep.push_str("/a");
+    }
+    let any = Policy::compile(&[st(Effect::Allow, &["*"], &["/**"])]).unwrap();
+    assert!(
+        !any.decide(&Method::GET, "h", &deep).allowed(),
+        "past the segment cap"
+    );
+}
+
+// --- A straightforward reference: patterns as token strings matched
+// character by character against the joined path, by naive recursion.
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Tok {
+    Lit(u8),
+    /// `*`: any run of non-`/` bytes.
+    Star,
+    /// `/**`: any number of `/segment` units.
+    Segs,
+}
+
+fn tokens(path_pattern: &str) -> Vec<Tok> {
+    let mut t = Vec::new();
+    for seg in path_pattern.split('/').filter(|s| !s.is_empty()) {
+        if seg == "**" {
+            t.push(Tok::Segs);
+            continue;
+        }
+        t.push(Tok::Lit(b'/'));
+        for b in seg.bytes() {
+            t.push(if b == b'*' { Tok::Star } else { Tok::Lit(b) });
+        }
+    }
+    t
+}
+
+fn naive(t: &[Tok], s: &[u8]) -> bool {
+    match t.split_first() {
+        None => s.is_empty(),
+        Some((Tok::Lit(c), rest)) => s.first() == Some(c) && naive(rest, &s[1..]),
+        Some((Tok::Star, rest)) => (0..=s.len())
+            .take_while(|&k| !s[..k].contains(&b'/'))
+            .any(|k| naive(rest, &s[k..])),
+        // Zero units, or one `/segment` (non-empty) and more.
+        Some((Tok::Segs, rest)) => {
+            naive(rest, s)
+                || (s.first() == Some(&b'/')
+                    && (2..=s.len())
+                        .take_while(|&k| !s[1..k].contains(&b'/'))
+                        .any(|k| naive(t, &s[k..])))
+        }
+    }
+}
+
+fn reference(statements: &[Statement], method: &str, path: &str) -> Decision {
+    let joined: String = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| format!("/{s}"))
+        .collect();
+    let hit = |s: &Statement| {
+        (s.actions
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(method)))
+            && s.resources
+                .iter()
+                .any(|r| naive(&tokens(r), joined.as_bytes()))
+    };
+    if let Some(i) = statements
+        .iter()
+        .position(|s| s.effect == Effect::Deny && hit(s))
+    {
+        return Decision::Deny(i);
+    }
+    statements
+        .iter()
+        .position(|s| s.effect == Effect::Allow && hit(s))
+        .map_or(Decision::NoMatch, Decision::Allow)
+}
+
+fn segment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("a".to_owned()),
+        Just("b".to_owned()),
+        Just("ab".to_owned()),
+        Just("v1".to_owned()),
+        Just("*".to_owned()),
+        Just("a*".to_owned()),
+        Just("*b".to_owned()),
+        Just("**".to_owned()),
+    ]
+}
+
+fn resource() -> impl Strategy<Value = String> {
+    prop::collection::vec(segment(), 0..5).prop_map(|s| format!("/{}", s.join("/")))
+}
+
+fn statement() -> impl Strategy<Value = Statement> {
+    (
+        prop_oneof![Just(Effect::Allow), Just(Effect::Allow), Just(Effect::Deny)],
+        prop::collection::vec(prop_oneof![Just("GET"), Just("post"), Just("*")], 1..3),
+        prop::collection::vec(resource(), 1..3),
+    )
+        .prop_map(|(effect, actions, resources)| Statement {
+            effect,
+            actions: actions.into_iter().map(str::to_owned).collect(),
+            resources,
+        })
+}
+
+fn request_path() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop_oneof![
+            Just("a"),
+            Just("b"),
+            Just("ab"),
+            Just("v1"),
+            Just("abb"),
+            Just("ba")
+        ],
+        0..7,
+    )
+    .prop_map(|s| format!("/{}", s.join("/")))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4000))]
+
+    /// The compiled evaluator agrees with the reference, so deny beats
+    /// allow and no statement means no: the reference checks denies first.
+    #[test]
+    fn compiled_agrees_with_the_reference(
+        statements in prop::collection::vec(statement(), 1..5),
+        method in prop_oneof![Just("GET"), Just("POST"), Just("DELETE")],
+        path in request_path(),
+    ) {
+        let p = Policy::compile(&statements).unwrap();
+        let m = Method::from_bytes(method.as_bytes()).unwrap();
+        let got = p.decide(&m, "h.test", &path);
+        let want = reference(&statements, method, &path);
+        // Same verdict; the deciding statement is the first of its kind.
+        prop_assert_eq!(got.allowed(), want.allowed(), "{:?} {} {}", statements, method, path);
+        prop_assert_eq!(matches!(got, Decision::Deny(_)), matches!(want, Decision::Deny(_)));
+        if let (Decision::Deny(i), true) = (got, matches!(want, Decision::Deny(_))) {
+            prop_assert_eq!(statements[i].effect, Effect::Deny);
+        }
+    }
+
+    /// Whatever a raw request path hides (dot segments, encoded dots and
+    /// slashes, case), once normalised as the matcher does it is allowed by
+    /// `/api/**` only if it really lies under `/api`.
+    #[test]
+    fn nothing_outside_an_allowed_prefix_is_allowed(
+        parts in prop::collection::vec(
+            prop_oneof![
+                Just("api"), Just("API"), Just(".."), Just("."), Just("%2e%2e"), Just("%2E"),
+                Just("admin"), Just("a%2Fb"), Just("%61pi"), Just(""), Just("x"),
+            ],
+            0..7,
+        ),
+    ) {
+        let raw = format!("/{}", parts.join("/"));
+        let p = Policy::compile(&[st(Effect::Allow, &["*"], &["/api/**"])]).unwrap();
+        if let Ok(norm) = crate::parse::normalize_path(&raw) {
+            let allowed = p.decide(&Method::GET, "h.test", &norm).allowed();
+            let under = norm == "/api" || norm.starts_with("/api/");
+            prop_assert_eq!(allowed, under, "{} -> {}", raw, norm);
+        }
+    }
+}
