@@ -157,6 +157,12 @@ pub struct EndpointConfig {
     /// Audience of the JWT-SVID itself (for `grant: jwt_svid`), overriding the provider's.
     #[serde(default)]
     pub jwt_svid_audience: Option<String>,
+    /// Which actions on which resources the agent may perform here (see
+    /// [`crate::policy`]). None: everything the rule matches. Any: only what
+    /// a statement allows and no `deny` statement matches; the rest is
+    /// refused with 403 before a token is fetched or a byte sent upstream.
+    #[serde(default)]
+    pub statements: Vec<crate::policy::Statement>,
 }
 
 fn default_port() -> u16 {

@@ -263,6 +263,24 @@ pub(crate) async fn prepare(
                 rule.name
             )));
         }
+        // Statements narrow what the credential may be used for: decided
+        // before any token is fetched or anything is sent upstream.
+        if !rule.policy.is_empty() {
+            let host = target.host.to_string();
+            let verdict = rule.policy.decide(req.method(), &host, &path);
+            if !verdict.allowed() {
+                rec.deny_reason = Some("policy");
+                let why = match verdict {
+                    crate::policy::Decision::Deny(i) => format!("statement {i} denies"),
+                    _ => "no statement allows".to_owned(),
+                };
+                return Err(ProxyError::Denied(format!(
+                    "endpoint '{}': {why} {} {path}",
+                    rule.name,
+                    req.method()
+                )));
+            }
+        }
         let token = inject(shared, rule, &mut req).await?;
         rec.injected = true;
         if shared.telemetry.auditing() {

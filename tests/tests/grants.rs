@@ -975,3 +975,31 @@ async fn reload_keeps_unchanged_tokens_and_drops_changed_ones() {
     assert_eq!(bearer(&fetch(&p, &up, "alpha.test", "/a").await), a2);
     assert_eq!(env.issuer.attempts(), 3);
 }
+
+/// A call the endpoint's statements refuse fetches no token: the issuer
+/// sees nothing until an allowed call comes.
+#[tokio::test]
+async fn a_refused_call_fetches_no_token() {
+    let env = Env::new(Duration::from_secs(300)).await;
+    let up = env.w.upstream("alpha", &["alpha.test"], &[H1]).await;
+    let port = up.addr.port();
+    let p = start(
+        &env.yaml(
+            &[env.grant("tx", "grant: token_exchange")],
+            &["alpha.test"],
+            &[format!(
+                "{{ name: alpha, host: alpha.test, port: {port}, provider: tx, audience: alpha, statements: [ {{ actions: [GET], resources: [\"/read/**\"] }} ] }}"
+            )],
+            "",
+        ),
+        env.w.dir.path(),
+    )
+    .await;
+    let r = fetch(&p, &up, "alpha.test", "/write/1").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_eq!(env.issuer.attempts(), 0, "a refused call fetched a token");
+    assert_eq!(up.hits(), 0);
+    let r = fetch(&p, &up, "alpha.test", "/read/1").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(env.issuer.attempts(), 1);
+}

@@ -734,3 +734,81 @@ async fn sequential_tunnels_reuse_one_upstream_connection() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     p.shutdown().await;
 }
+
+/// Statements narrow what the credential may be used for: an allowed call
+/// gets the token and reaches the upstream; anything else is refused with
+/// 403 naming the endpoint and the method and path, and reaches nobody.
+#[tokio::test]
+async fn statements_allow_only_what_they_name() {
+    let w = World::new();
+    let up = w.upstream("alpha", &["alpha.test"], &[H1]).await;
+    let yaml = format!(
+        "{}resolve: {{ alpha.test: 127.0.0.1 }}\nendpoints:\n  - name: alpha\n    host: alpha.test\n    port: {}\n    provider: test-static\n    statements:\n      - {{ actions: [GET], resources: [\"/repos/acme/widgets/issues/**\"] }}\n      - {{ actions: [POST], resources: [\"/repos/acme/widgets/issues/*/comments\"] }}\n      - {{ effect: deny, actions: [\"*\"], resources: [\"/repos/acme/widgets/issues/*/comments/secret*\"] }}\n",
+        w.base_yaml(),
+        up.addr.port()
+    );
+    let p = start(&yaml, w.dir.path()).await;
+    let auth = format!("alpha.test:{}", up.addr.port());
+    let tls = intercepted(&p, &auth, "alpha.test", &[H1]).await;
+    let mut c = Client::new(tls, false).await;
+    let send = |m: &str, path: &str| {
+        Request::builder()
+            .method(m)
+            .uri(path)
+            .header("host", auth.as_str())
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let r = c.send(send("GET", "/repos/acme/widgets/issues/7")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        auth_lines(&r.body),
+        vec![format!("Bearer {TOKEN}").as_str()]
+    );
+    let r = c
+        .send(send("POST", "/repos/acme/widgets/issues/7/comments"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let hits = up.hits();
+    for (m, path, why) in [
+        (
+            "DELETE",
+            "/repos/acme/widgets/issues/7",
+            "no statement allows DELETE /repos/acme/widgets/issues/7",
+        ),
+        (
+            "GET",
+            "/repos/acme/gadgets/issues",
+            "no statement allows GET /repos/acme/gadgets/issues",
+        ),
+        // Normalised first: the dot segments lead out of the allowed tree.
+        (
+            "GET",
+            "/repos/acme/widgets/issues/../../gadgets/issues",
+            "no statement allows GET /repos/acme/gadgets/issues",
+        ),
+        (
+            "GET",
+            "/repos/acme/widgets/issues/7/comments/secret-1",
+            "statement 2 denies GET",
+        ),
+    ] {
+        let r = c.send(send(m, path)).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{m} {path}: {}", r.body);
+        assert!(
+            r.body.contains("endpoint 'alpha'") && r.body.contains(why),
+            "{m} {path}: {}",
+            r.body
+        );
+        assert!(!r.body.contains(TOKEN));
+    }
+    assert_eq!(up.hits(), hits, "a refused call reached the upstream");
+    let audit = p.audit();
+    let denied: Vec<_> = audit.iter().filter(|e| e["event"] == "denied").collect();
+    assert_eq!(denied.len(), 4, "{audit:#?}");
+    assert!(
+        denied.iter().all(|e| e["reason"] == "policy"),
+        "{denied:#?}"
+    );
+    p.shutdown().await;
+}

@@ -110,6 +110,8 @@ pub struct Rule {
     pub tls: TlsMode,
     /// Cleartext injection to non-loopback upstreams allowed.
     pub allow_cleartext: bool,
+    /// The endpoint's statements, compiled (empty: no restriction).
+    pub policy: crate::policy::Policy,
     path_segments: usize,
 }
 
@@ -183,6 +185,8 @@ impl Rule {
         if c.provider.is_empty() {
             return Err(err("provider", "must name a provider".into()));
         }
+        let policy = crate::policy::Policy::compile(&c.statements)
+            .map_err(|(f, r)| err(&format!("statements{f}"), r))?;
         Ok(Rule {
             name: c.name.clone(),
             host,
@@ -194,6 +198,7 @@ impl Rule {
             prefix,
             tls: c.tls,
             allow_cleartext: c.allow_cleartext,
+            policy,
             path_segments,
         })
     }

@@ -15,6 +15,7 @@ fn ep(name: &str, host: &str, port: u16, path: &str, methods: &[&str]) -> Endpoi
         audience: None,
         scopes: None,
         jwt_svid_audience: None,
+        statements: Vec::new(),
     }
 }
 
