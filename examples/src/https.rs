@@ -86,12 +86,20 @@ pub async fn get_plain(addr: &str, path: &str) -> Result<(StatusCode, Bytes), St
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    get_over(TokioIo::new(tcp), addr, path).await
+}
+
+/// One HTTP/1.1 GET of `path` on `io`, its body capped at 1 MiB.
+async fn get_over<IO>(io: IO, host: &str, path: &str) -> Result<(StatusCode, Bytes), String>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut send, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     let req = Request::get(path)
-        .header("host", addr)
+        .header("host", host)
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
     let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
@@ -130,20 +138,5 @@ pub async fn get(
         .connect(name, tcp)
         .await
         .map_err(|e| format!("TLS to {host}: {e}"))?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let req = Request::get(path)
-        .header("host", host)
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| e.to_string())?;
-    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let body = Limited::new(resp.into_body(), 1 << 20)
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, body))
+    get_over(TokioIo::new(tls), host, path).await
 }

@@ -266,8 +266,7 @@ pub(crate) async fn prepare(
         // Statements narrow what the credential may be used for: decided
         // before any token is fetched or anything is sent upstream.
         if !rule.policy.is_empty() {
-            let host = target.host.to_string();
-            let verdict = rule.policy.decide(req.method(), &host, &path);
+            let verdict = rule.policy.decide(req.method(), &target.host, &path);
             if !verdict.allowed() {
                 rec.deny_reason = Some("policy");
                 let why = match verdict {

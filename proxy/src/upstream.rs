@@ -54,14 +54,10 @@ pub(crate) type Tls = TlsStream<IdleIo<TcpStream>>;
 /// how long a ping may go unanswered before the connection is dropped.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
-/// Idle upstream connections kept per destination: as many as there can
-/// be client connections (`limits.max_connections`). A smaller cap makes a
-/// busy agent's HTTP/1.1 connections churn (a response returns a connection
-/// to a full pool, which closes it; the next request dials again), which
-/// costs a TLS handshake per request; the idle timeout below reaps a burst.
-/// Destinations with a pool of their own per config generation. A full map
-/// first forgets pools no tunnel uses and no connection keeps alive; a
-/// tunnel that still finds no room gets a pool of its own, as before sharing.
+/// Destinations with pools of their own per config generation. A full map
+/// first forgets destinations whose pools no tunnel uses and no connection
+/// keeps alive; a tunnel that still finds no room gets a pool of its own,
+/// as before sharing.
 pub(crate) const MAX_POOLS: usize = 256;
 /// Connections dialled for CONNECTs while another tunnel seeded the same
 /// pool are handed to the pool, at most this many at a time, and closed if
@@ -78,24 +74,44 @@ const POOL_IDLE_MAX: Duration = Duration::from_secs(90);
 const REDIAL_FIRST: Duration = Duration::from_millis(100);
 const REDIAL_MAX: Duration = Duration::from_secs(5);
 
-/// A pool is shared by tunnels to one destination whose agents offered the
-/// same ALPN class: what the upstream chose for the first offer holds for
-/// the pool's life, and an agent that offers no HTTP/2 must not get a pool
-/// that speaks only HTTP/2.
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct PoolKey {
-    target: Target,
-    offers_h2: bool,
+/// A destination's pools, one per ALPN class of the agents using it: what
+/// the upstream chose for the first offer holds for a pool's life, and an
+/// agent that offers no HTTP/2 must not get a pool that speaks only HTTP/2.
+#[derive(Default)]
+struct Classes {
+    /// For agents that offered h2.
+    h2: Option<Arc<Upstream>>,
+    /// For agents that did not.
+    h1: Option<Arc<Upstream>>,
 }
 
-/// The upstream pools of one config generation.
+impl Classes {
+    fn slot(&mut self, offers_h2: bool) -> &mut Option<Arc<Upstream>> {
+        if offers_h2 {
+            &mut self.h2
+        } else {
+            &mut self.h1
+        }
+    }
+
+    /// Nothing uses either pool: no tunnel holds it, no connection keeps it alive.
+    fn idle(&self) -> bool {
+        [&self.h2, &self.h1]
+            .into_iter()
+            .flatten()
+            .all(|u| Arc::strong_count(u) == 1 && u.inner.live.load(Ordering::Relaxed) == 0)
+    }
+}
+
+/// The upstream pools of one config generation, by destination (looked up
+/// by reference: a CONNECT clones nothing to find its pool).
 #[derive(Default)]
 pub(crate) struct Pools {
-    map: Mutex<HashMap<PoolKey, Arc<Upstream>>>,
+    map: Mutex<HashMap<Target, Classes>>,
 }
 
 impl Pools {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Arc<Upstream>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Target, Classes>> {
         match self.map.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -106,13 +122,8 @@ impl Pools {
     /// CONNECT there needs no dial of its own.
     pub(crate) fn warm(&self, target: &Target) -> Option<SocketAddr> {
         let map = self.lock();
-        [true, false].into_iter().find_map(|offers_h2| {
-            let key = PoolKey {
-                target: target.clone(),
-                offers_h2,
-            };
-            map.get(&key).and_then(|u| u.warm())
-        })
+        let c = map.get(target)?;
+        [&c.h2, &c.h1].into_iter().flatten().find_map(|u| u.warm())
     }
 
     /// The pool a tunnel to `target` uses, given what its agent offered.
@@ -126,11 +137,10 @@ impl Pools {
         offer: &crate::tls::AlpnOffer,
         dialed: Option<relay::Dialed>,
     ) -> (Arc<Upstream>, Option<SocketAddr>) {
-        let key = PoolKey {
-            target: target.clone(),
-            offers_h2: offer.h2,
-        };
-        let existing = self.lock().get(&key).cloned();
+        let existing = self
+            .lock()
+            .get_mut(target)
+            .and_then(|c| c.slot(offer.h2).clone());
         if let Some(pool) = &existing
             && let Some(addr) = pool.warm()
         {
@@ -160,7 +170,7 @@ impl Pools {
             return (fresh, addr);
         }
         let mut map = self.lock();
-        if let Some(pool) = map.get(&key).cloned() {
+        if let Some(pool) = map.get_mut(target).and_then(|c| c.slot(offer.h2).clone()) {
             // Another tunnel seeded it meanwhile: this connection joins it.
             drop(map);
             let addr = fresh
@@ -168,11 +178,11 @@ impl Pools {
                 .map_or(addr, |first| pool.seed(Ok(first)));
             return (pool, addr);
         }
-        if map.len() >= MAX_POOLS {
-            map.retain(|_, u| Arc::strong_count(u) > 1 || u.inner.live.load(Ordering::Relaxed) > 0);
+        if map.len() >= MAX_POOLS && !map.contains_key(target) {
+            map.retain(|_, c| !c.idle());
         }
-        if map.len() < MAX_POOLS {
-            map.insert(key, fresh.clone());
+        if map.len() < MAX_POOLS || map.contains_key(target) {
+            *map.entry(target.clone()).or_default().slot(offer.h2) = Some(fresh.clone());
         }
         (fresh, addr)
     }
@@ -210,6 +220,11 @@ impl Upstream {
         b.timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(limits.idle_timeout.min(POOL_IDLE_MAX))
+            // As many idle connections as there can be client connections:
+            // a smaller cap makes a busy agent's HTTP/1.1 connections churn (a
+            // response returns its connection to a full pool, which closes
+            // it; the next request dials again), a TLS handshake per request.
+            // The idle timeout reaps what a burst leaves.
             .pool_max_idle_per_host(limits.max_connections)
             .retry_canceled_requests(true)
             .set_host(false)

@@ -24,6 +24,11 @@ fn write(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
 
 /// A scratch directory holding an upstream CA file (`up.pem`), for configs
 /// that only need `upstream_tls` to load.
+/// Runs the binary with `args` and then `file`.
+fn lanyard(args: &[&str], file: &Path) -> std::process::Output {
+    Command::new(LANYARD).args(args).arg(file).output().unwrap()
+}
+
 fn scratch() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let ca = write(
@@ -48,11 +53,7 @@ fn base(dir: &Path, upstream_ca: &Path, port: u16) -> String {
 fn check_exit_codes_and_messages() {
     let (dir, ca) = scratch();
     let good = write(dir.path(), "good.yaml", &base(dir.path(), &ca, 8443));
-    let out = Command::new(LANYARD)
-        .args(["check", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = lanyard(&["check", "--config"], &good);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -78,11 +79,7 @@ fn check_exit_codes_and_messages() {
     for (from, to, want) in cases {
         let text = base(dir.path(), &ca, 8443).replace(from, to);
         let f = write(dir.path(), "bad.yaml", &text);
-        let out = Command::new(LANYARD)
-            .args(["check", "--config"])
-            .arg(&f)
-            .output()
-            .unwrap();
+        let out = lanyard(&["check", "--config"], &f);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{to}: {err}");
         assert!(
@@ -97,21 +94,13 @@ fn check_exit_codes_and_messages() {
         "/nonexistent/token",
     );
     let f = write(dir.path(), "bad.yaml", &text);
-    let out = Command::new(LANYARD)
-        .args(["check", "--config"])
-        .arg(&f)
-        .output()
-        .unwrap();
+    let out = lanyard(&["check", "--config"], &f);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("providers.demo.static.token_file"));
     let text =
         base(dir.path(), &ca, 8443).replace(&ca.display().to_string(), "/nonexistent/ca.pem");
     let f = write(dir.path(), "bad.yaml", &text);
-    let out = Command::new(LANYARD)
-        .args(["proxy", "--config"])
-        .arg(&f)
-        .output()
-        .unwrap();
+    let out = lanyard(&["proxy", "--config"], &f);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("upstream_tls.extra_ca_files[0]"));
     // Unreadable config file.
@@ -293,13 +282,7 @@ fn probe_says_ready_only_once_the_proxy_serves() {
             dir.path().join("ca").display()
         ),
     );
-    let probe = || {
-        Command::new(LANYARD)
-            .args(["probe", "--config"])
-            .arg(&cfg)
-            .output()
-            .unwrap()
-    };
+    let probe = || lanyard(&["probe", "--config"], &cfg);
     let out = probe();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -333,11 +316,7 @@ fn check_prints_the_resolved_endpoint_table() {
             "endpoints:\n  - { name: any, host: \"*.alpha.test\", port: 9443, provider: demo }\n",
         );
     let f = write(dir.path(), "lanyard.yaml", &text);
-    let out = Command::new(LANYARD)
-        .args(["check", "--config"])
-        .arg(&f)
-        .output()
-        .unwrap();
+    let out = lanyard(&["check", "--config"], &f);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     let lines: Vec<Vec<&str>> = stdout
@@ -412,11 +391,7 @@ fn check_shows_which_svid_audience_applies() {
             "endpoints:\n  - { name: b, host: b.test, provider: bare }\n  - { name: k, host: k.test, provider: known }\n  - { name: f, host: f.test, provider: found }\n  - { name: p, host: p.test, provider: pinned }\n",
         );
     let f = write(dir.path(), "lanyard.yaml", &text);
-    let out = Command::new(LANYARD)
-        .args(["check", "--config"])
-        .arg(&f)
-        .output()
-        .unwrap();
+    let out = lanyard(&["check", "--config"], &f);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -448,11 +423,7 @@ fn import_openshell_prints_config_or_names_the_field() {
         "profile.yaml",
         "id: t\nendpoints: [ { host: api.example.com } ]\ncredentials:\n  - { name: c, token_grant: { token_endpoint: \"https://idp.example.com/token\" } }\n",
     );
-    let out = Command::new(LANYARD)
-        .args(["import", "openshell"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = lanyard(&["import", "openshell"], &good);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -469,11 +440,7 @@ fn import_openshell_prints_config_or_names_the_field() {
         "bad.yaml",
         "id: t\nendpoints: [ { host: api.example.com, enforcement: audit } ]\ncredentials:\n  - { name: c, token_grant: { token_endpoint: \"https://idp.example.com/token\" } }\n",
     );
-    let out = Command::new(LANYARD)
-        .args(["import", "openshell"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = lanyard(&["import", "openshell"], &bad);
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

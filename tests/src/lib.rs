@@ -316,6 +316,14 @@ pub async fn intercepted(
         .expect("TLS to the proxy")
 }
 
+/// GETs `path` on a fresh intercepted HTTP/1.1 tunnel to `host:port`.
+pub async fn get_via(p: &Running, host: &str, port: u16, path: &str) -> Collected {
+    let auth = format!("{host}:{port}");
+    let tls = intercepted(p, &auth, host, &[b"http/1.1"]).await;
+    let mut c = Client::new(tls, false).await;
+    c.send(get(path, &auth)).await
+}
+
 /// A collected response.
 #[derive(Debug)]
 pub struct Collected {

@@ -106,10 +106,7 @@ impl Env {
 
 /// GETs `path` through a fresh intercepted HTTP/1.1 tunnel.
 async fn fetch(p: &Running, up: &Echo, host: &str, path: &str) -> Collected {
-    let auth = format!("{host}:{}", up.addr.port());
-    let tls = intercepted(p, &auth, host, &[H1]).await;
-    let mut c = Client::new(tls, false).await;
-    c.send(get(path, &auth)).await
+    get_via(p, host, up.addr.port(), path).await
 }
 
 fn bearer(r: &Collected) -> String {

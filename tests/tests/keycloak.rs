@@ -64,39 +64,72 @@ async fn keycloak_end_to_end() {
     on_behalf_of_alice_through_standard_token_exchange(&idp).await;
 }
 
-async fn alpha(w: &World, kc: &Keycloak) -> Service {
-    service::start(ServiceConfig {
-        name: "alpha".into(),
-        bind: loopback(),
-        tls: w.leaf(&["alpha.demo.test"]).server_config(&[H1]).unwrap(),
-        issuer: kc.issuer("sandbox"),
-        issuer_addr: kc.addr.clone(),
-        issuer_host: "127.0.0.1".into(),
-        jwks_path: "/realms/sandbox/protocol/openid-connect/certs".into(),
-        issuer_plain_http: true,
-        roots: Vec::new(),
-        scope: "alpha.read".into(),
-    })
-    .await
-    .unwrap()
+/// One scenario: its own World, the alpha service (verifying Keycloak's
+/// tokens from the `sandbox` realm's JWKS), and a Lanyard with `providers`
+/// and `endpoints` (`PORT` stands for alpha's port).
+struct Scene {
+    w: World,
+    svc: Service,
+    port: u16,
 }
 
-fn yaml(w: &World, idp: &Idp, port: u16, providers: &str, endpoints: &str) -> String {
-    let mut y = w.base_yaml();
-    y.push_str(providers);
-    y.push_str(&format!(
-        "spiffe: {{ endpoint_socket: \"{}\" }}\nresolve: {{ alpha.demo.test: 127.0.0.1 }}\nendpoints:\n",
-        idp.spire.endpoint()
-    ));
-    y.push_str(&endpoints.replace("PORT", &port.to_string()));
-    y
+impl Scene {
+    async fn new(kc: &Keycloak) -> Self {
+        let w = World::new();
+        let svc = service::start(ServiceConfig {
+            name: "alpha".into(),
+            bind: loopback(),
+            tls: w.leaf(&["alpha.demo.test"]).server_config(&[H1]).unwrap(),
+            issuer: kc.issuer("sandbox"),
+            issuer_addr: kc.addr.clone(),
+            issuer_host: "127.0.0.1".into(),
+            jwks_path: "/realms/sandbox/protocol/openid-connect/certs".into(),
+            issuer_plain_http: true,
+            roots: Vec::new(),
+            scope: "alpha.read".into(),
+        })
+        .await
+        .unwrap();
+        let port = svc.addr.port();
+        Self { w, svc, port }
+    }
+
+    async fn lanyard(&self, idp: &Idp, providers: &str, endpoints: &str) -> Running {
+        let mut y = self.w.base_yaml();
+        y.push_str(providers);
+        y.push_str(&format!(
+            "spiffe: {{ endpoint_socket: \"{}\" }}\nresolve: {{ alpha.demo.test: 127.0.0.1 }}\nendpoints:\n",
+            idp.spire.endpoint()
+        ));
+        y.push_str(&endpoints.replace("PORT", &self.port.to_string()));
+        start(&y, self.w.dir.path()).await
+    }
+
+    async fn get(&self, p: &Running, path: &str) -> Collected {
+        get_via(p, "alpha.demo.test", self.port, path).await
+    }
+
+    fn accepted(&self) -> Vec<String> {
+        self.svc.accepted.lock().unwrap().clone()
+    }
 }
 
-async fn get_via(p: &Running, port: u16, path: &str) -> Collected {
-    let auth = format!("alpha.demo.test:{port}");
-    let tls = intercepted(p, &auth, "alpha.demo.test", &[H1]).await;
-    let mut c = Client::new(tls, false).await;
-    c.send(get(path, &auth)).await
+/// A refusal as the agent sees it: 503, naming the endpoint and `want`,
+/// with no JWT in the body.
+fn refused(r: &Collected, endpoint: &str, want: &str) {
+    assert_eq!(
+        r.status,
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains(&format!("'{endpoint}'")), "{}", r.body);
+    assert!(r.body.contains(want), "{}", r.body);
+    assert!(
+        !r.body.contains("eyJ"),
+        "a JWT in the error body: {}",
+        r.body
+    );
 }
 
 const SPIFFE_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-spiffe";
@@ -110,9 +143,7 @@ const SPIFFE_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-
 /// exactly that refusal, sanitised into a 503 that names the endpoint.
 async fn client_credentials_with_the_svid(idp: &Idp) {
     let kc = &idp.keycloak;
-    let w = World::new();
-    let svc = alpha(&w, kc).await;
-    let port = svc.addr.port();
+    let scene = Scene::new(kc).await;
     let issuer = kc.issuer("sandbox");
     let providers = format!(
         "  kc: {{ token_grant: {{ issuer: \"{issuer}\", grant: client_credentials, client_assertion_type: \"{SPIFFE_ASSERTION}\", scopes: [alpha.read] }} }}\n  \
@@ -120,9 +151,9 @@ async fn client_credentials_with_the_svid(idp: &Idp) {
     );
     let endpoints = "  - { name: alpha, host: alpha.demo.test, port: PORT, path: /ok, provider: kc }\n  \
                      - { name: alpha-wrong-aud, host: alpha.demo.test, port: PORT, path: /wrong, provider: kc-endpoint-aud }\n";
-    let p = start(&yaml(&w, idp, port, &providers, endpoints), w.dir.path()).await;
+    let p = scene.lanyard(idp, &providers, endpoints).await;
 
-    let r = get_via(&p, port, "/ok").await;
+    let r = scene.get(&p, "/ok").await;
     assert_eq!(r.status, http::StatusCode::OK, "{}\n{}", r.body, kc.log());
     for want in [
         "audience: alpha\n".to_owned(),
@@ -139,17 +170,13 @@ async fn client_credentials_with_the_svid(idp: &Idp) {
         r.body
     );
 
-    let r = get_via(&p, port, "/wrong").await;
-    assert_eq!(
-        r.status,
-        http::StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        r.body
+    refused(
+        &scene.get(&p, "/wrong").await,
+        "alpha-wrong-aud",
+        "invalid_client",
     );
-    assert!(r.body.contains("alpha-wrong-aud"), "{}", r.body);
-    assert!(r.body.contains("invalid_client"), "{}", r.body);
     assert_eq!(
-        svc.accepted.lock().unwrap().len(),
+        scene.accepted().len(),
         1,
         "the refused call reached the service"
     );
@@ -160,30 +187,15 @@ async fn client_credentials_with_the_svid(idp: &Idp) {
 /// service is never called.
 async fn an_unbound_spiffe_id_is_refused_with_the_issuers_error(idp: &Idp) {
     let kc = &idp.keycloak;
-    let w = World::new();
-    let svc = alpha(&w, kc).await;
-    let port = svc.addr.port();
+    let scene = Scene::new(kc).await;
     let providers = format!(
         "  kc: {{ token_grant: {{ issuer: \"{}\", grant: client_credentials, client_assertion_type: \"{SPIFFE_ASSERTION}\", scopes: [alpha.read] }} }}\n",
         kc.issuer("unbound")
     );
     let endpoints = "  - { name: alpha, host: alpha.demo.test, port: PORT, provider: kc }\n";
-    let p = start(&yaml(&w, idp, port, &providers, endpoints), w.dir.path()).await;
-    let r = get_via(&p, port, "/").await;
-    assert_eq!(
-        r.status,
-        http::StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        r.body
-    );
-    assert!(r.body.contains("'alpha'"), "{}", r.body);
-    assert!(r.body.contains("invalid_client"), "{}", r.body);
-    assert!(
-        !r.body.contains("eyJ"),
-        "a JWT in the error body: {}",
-        r.body
-    );
-    assert!(svc.accepted.lock().unwrap().is_empty());
+    let p = scene.lanyard(idp, &providers, endpoints).await;
+    refused(&scene.get(&p, "/").await, "alpha", "invalid_client");
+    assert!(scene.accepted().is_empty());
 }
 
 /// On-behalf-of with Keycloak's standard token exchange: alice signed in to
@@ -193,13 +205,11 @@ async fn an_unbound_spiffe_id_is_refused_with_the_issuers_error(idp: &Idp) {
 /// token whose subject is alice and whose client (`azp`) is the sandbox.
 async fn on_behalf_of_alice_through_standard_token_exchange(idp: &Idp) {
     let kc = &idp.keycloak;
-    let w = World::new();
-    let svc = alpha(&w, kc).await;
-    let port = svc.addr.port();
+    let scene = Scene::new(kc).await;
     let issuer = kc.issuer("sandbox");
     let owner = kc.password_token("sandbox", "portal", "alice", OWNER_PASSWORD);
     let alice = claims(&owner)["sub"].as_str().unwrap().to_owned();
-    let owner_dir = w.dir.path().join("owner");
+    let owner_dir = scene.w.dir.path().join("owner");
     std::fs::create_dir_all(&owner_dir).unwrap();
     let owner_file = owner_dir.join("token");
     std::fs::write(&owner_file, &owner).unwrap();
@@ -208,8 +218,8 @@ async fn on_behalf_of_alice_through_standard_token_exchange(idp: &Idp) {
         owner_file.display()
     );
     let endpoints = "  - { name: alpha, host: alpha.demo.test, port: PORT, provider: kc-obo }\n";
-    let p = start(&yaml(&w, idp, port, &providers, endpoints), w.dir.path()).await;
-    let r = get_via(&p, port, "/").await;
+    let p = scene.lanyard(idp, &providers, endpoints).await;
+    let r = scene.get(&p, "/").await;
     assert_eq!(r.status, http::StatusCode::OK, "{}\n{}", r.body, kc.log());
     for want in [
         format!("subject: {alice}\n"),
@@ -220,19 +230,12 @@ async fn on_behalf_of_alice_through_standard_token_exchange(idp: &Idp) {
     }
     // alice's token gone: a 503 that says so, and nothing on the sandbox's own.
     std::fs::remove_file(&owner_file).unwrap();
-    let r = get_via(&p, port, "/").await;
-    assert_eq!(
-        r.status,
-        http::StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        r.body
+    refused(
+        &scene.get(&p, "/").await,
+        "alpha",
+        "owner's token is unavailable",
     );
-    assert!(
-        r.body.contains("owner's token is unavailable"),
-        "{}",
-        r.body
-    );
-    assert_eq!(svc.accepted.lock().unwrap().clone(), [alice]);
+    assert_eq!(scene.accepted(), [alice]);
 }
 
 /// A JWT's claims, unverified (the test reads its own token).

@@ -32,13 +32,6 @@ where
     }
 }
 
-async fn get_via(p: &Running, host: &str, port: u16, path: &str) -> Collected {
-    let auth = format!("{host}:{port}");
-    let tls = intercepted(p, &auth, host, &[H1]).await;
-    let mut c = Client::new(tls, false).await;
-    c.send(get(path, &auth)).await
-}
-
 #[tokio::test]
 async fn metrics_count_a_known_sequence_and_parse_as_openmetrics() {
     let logs = lanyard_tests::logs::trace();

@@ -139,13 +139,6 @@ impl Demo {
     }
 }
 
-async fn get_via(p: &Running, host: &str, port: u16, path: &str) -> Collected {
-    let auth = format!("{host}:{port}");
-    let tls = intercepted(p, &auth, host, &[H1]).await;
-    let mut c = Client::new(tls, false).await;
-    c.send(get(path, &auth)).await
-}
-
 fn accepted(r: &Collected, aud: &str) {
     assert_eq!(r.status, http::StatusCode::OK, "{}", r.body);
     for want in [
@@ -306,6 +299,11 @@ async fn on_behalf_of_carries_the_owner_and_the_sandbox() {
         r.body
     );
     assert!(r.body.contains("expired"), "{}", r.body);
+    assert!(
+        !r.body.contains("eyJ"),
+        "the owner's token in an error body: {}",
+        r.body
+    );
     // Missing.
     std::fs::remove_file(&owner_file).unwrap();
     let r = get_via(&p, "alpha.demo.test", port, "/").await;

@@ -126,11 +126,12 @@ fn bench(c: &mut Criterion) {
         resources: vec!["/repos/acme/widgets/issues/**".into()],
     });
     let policy = lanyard_proxy::policy::Policy::compile(&statements).unwrap();
+    let api = lanyard_proxy::parse::Host::parse("api.example.com").unwrap();
     c.bench_function("policy/decide (100 statements, last one allows)", |b| {
         b.iter(|| {
             policy.decide(
                 black_box(&Method::GET),
-                black_box("api.example.com"),
+                black_box(&api),
                 black_box("/repos/acme/widgets/issues/42/comments"),
             )
         })

@@ -7,7 +7,8 @@
 //! characters but `/`, so `v*` matches `v1`), a segment that is exactly `**`
 //! matches zero or more segments, anything else is literal and
 //! case-sensitive. A resource may start with a host (`api.example.com/...`,
-//! compared without case) for wildcard endpoints.
+//! canonicalised as the matcher does hosts, so compared without case) for
+//! wildcard endpoints.
 //!
 //! Any matching `deny` wins; otherwise any matching `allow` allows; otherwise
 //! the request is denied (an endpoint with statements is deny by default).
@@ -16,6 +17,8 @@
 //! more than [`MAX_SEGMENTS`] segments is denied.
 
 use http::Method;
+
+use crate::parse::Host;
 
 /// Segments a path may have for a statement to allow it.
 pub const MAX_SEGMENTS: usize = 64;
@@ -79,7 +82,7 @@ struct Compiled {
 
 #[derive(Debug, Clone)]
 struct Resource {
-    host: Option<String>,
+    host: Option<Host>,
     segments: Vec<Seg>,
 }
 
@@ -142,7 +145,7 @@ impl Policy {
     }
 
     /// Decides `method` on `host` + `path` (the normalised path, no query).
-    pub fn decide(&self, method: &Method, host: &str, path: &str) -> Decision {
+    pub fn decide(&self, method: &Method, host: &Host, path: &str) -> Decision {
         let mut buf = [""; MAX_SEGMENTS];
         let Some(n) = split(path, &mut buf) else {
             return Decision::NoMatch;
@@ -181,7 +184,10 @@ impl Resource {
     fn parse(text: &str) -> Result<Self, String> {
         let (host, path) = match text.find('/') {
             Some(0) => (None, text),
-            Some(i) => (Some(text[..i].to_ascii_lowercase()), &text[i..]),
+            Some(i) => (
+                Some(Host::parse(&text[..i]).map_err(|e| format!("'{text}': {e}"))?),
+                &text[i..],
+            ),
             None => {
                 return Err(format!(
                     "'{text}' must be a path starting with / (or host/path)"
@@ -214,9 +220,9 @@ impl Resource {
         Ok(Self { host, segments })
     }
 
-    fn matches(&self, host: &str, segs: &[&str]) -> bool {
+    fn matches(&self, host: &Host, segs: &[&str]) -> bool {
         if let Some(h) = &self.host
-            && !h.eq_ignore_ascii_case(host)
+            && h != host
         {
             return false;
         }

@@ -4,6 +4,10 @@ use proptest::prelude::*;
 
 use super::*;
 
+fn h(s: &str) -> Host {
+    Host::parse(s).unwrap()
+}
+
 fn st(effect: Effect, actions: &[&str], resources: &[&str]) -> Statement {
     Statement {
         effect,
@@ -29,7 +33,11 @@ fn one_repository_read_issues_and_comment() {
     ])
     .unwrap();
     let d = |m: &str, path: &str| {
-        p.decide(&Method::from_bytes(m.as_bytes()).unwrap(), "api.test", path)
+        p.decide(
+            &Method::from_bytes(m.as_bytes()).unwrap(),
+            &h("api.test"),
+            path,
+        )
     };
     assert_eq!(d("GET", "/repos/acme/widgets/issues"), Decision::Allow(0));
     assert_eq!(
@@ -60,9 +68,21 @@ fn one_repository_read_issues_and_comment() {
 #[test]
 fn hosts_globs_and_bad_statements() {
     let p = Policy::compile(&[st(Effect::Allow, &["*"], &["EU.api.test/v*/items"])]).unwrap();
-    assert!(p.decide(&Method::GET, "eu.api.test", "/v2/items").allowed());
-    assert!(!p.decide(&Method::GET, "us.api.test", "/v2/items").allowed());
-    assert!(!p.decide(&Method::GET, "eu.api.test", "/x2/items").allowed());
+    assert!(
+        p.decide(&Method::GET, &h("eu.api.test"), "/v2/items")
+            .allowed()
+    );
+    assert!(
+        !p.decide(&Method::GET, &h("us.api.test"), "/v2/items")
+            .allowed()
+    );
+    assert!(
+        !p.decide(&Method::GET, &h("eu.api.test"), "/x2/items")
+            .allowed()
+    );
+    let p = Policy::compile(&[st(Effect::Allow, &["*"], &["[2001:DB8::1]/x"])]).unwrap();
+    assert!(p.decide(&Method::GET, &h("[2001:db8::1]"), "/x").allowed());
+    assert!(!p.decide(&Method::GET, &h("[2001:db8::2]"), "/x").allowed());
     for (s, field) in [
         (st(Effect::Allow, &[], &["/"]), "[0].actions"),
         (st(Effect::Allow, &["GET"], &[]), "[0].resources"),
@@ -83,7 +103,7 @@ fn hosts_globs_and_bad_statements() {
     }
     let any = Policy::compile(&[st(Effect::Allow, &["*"], &["/**"])]).unwrap();
     assert!(
-        !any.decide(&Method::GET, "h", &deep).allowed(),
+        !any.decide(&Method::GET, &h("h"), &deep).allowed(),
         "past the segment cap"
     );
 }
@@ -217,7 +237,7 @@ proptest! {
     ) {
         let p = Policy::compile(&statements).unwrap();
         let m = Method::from_bytes(method.as_bytes()).unwrap();
-        let got = p.decide(&m, "h.test", &path);
+        let got = p.decide(&m, &h("h.test"), &path);
         let want = reference(&statements, method, &path);
         // Same verdict; the deciding statement is the first of its kind.
         prop_assert_eq!(got.allowed(), want.allowed(), "{:?} {} {}", statements, method, path);
@@ -243,7 +263,7 @@ proptest! {
         let raw = format!("/{}", parts.join("/"));
         let p = Policy::compile(&[st(Effect::Allow, &["*"], &["/api/**"])]).unwrap();
         if let Ok(norm) = crate::parse::normalize_path(&raw) {
-            let allowed = p.decide(&Method::GET, "h.test", &norm).allowed();
+            let allowed = p.decide(&Method::GET, &h("h.test"), &norm).allowed();
             let under = norm == "/api" || norm.starts_with("/api/");
             prop_assert_eq!(allowed, under, "{} -> {}", raw, norm);
         }

@@ -187,10 +187,14 @@ impl GrantSource {
                 format!("grant jwt_svid makes no exchange; remove {f}"),
             ))
         };
-        if let Some(i) = &cfg.issuer {
-            Discovery::new(i).map_err(|r| (field("issuer"), r))?;
-        }
-        let endpoint = match (&cfg.token_endpoint, &cfg.issuer, cfg.grant) {
+        // Checked whether or not it is used for discovery: it is the SVID's audience either way.
+        let discovery = cfg
+            .issuer
+            .as_deref()
+            .map(Discovery::new)
+            .transpose()
+            .map_err(|r| (field("issuer"), r))?;
+        let endpoint = match (&cfg.token_endpoint, discovery, cfg.grant) {
             (None, None, Grant::JwtSvid) => None,
             (Some(_), _, Grant::JwtSvid) => return no_exchange("token_endpoint"),
             (None, Some(_), Grant::JwtSvid) => return no_exchange("issuer"),
@@ -203,9 +207,7 @@ impl GrantSource {
             (Some(url), _, _) => Some(EndpointSource::Fixed(
                 TokenEndpoint::parse(url).map_err(|r| (field("token_endpoint"), r))?,
             )),
-            (None, Some(i), _) => Some(EndpointSource::Discovered(Box::new(
-                Discovery::new(i).map_err(|r| (field("issuer"), r))?,
-            ))),
+            (None, Some(d), _) => Some(EndpointSource::Discovered(Box::new(d))),
         };
         let assertion_type = cfg
             .client_assertion_type
