@@ -27,7 +27,7 @@ use crate::error::ProxyError;
 use crate::inject;
 use crate::intercept;
 use crate::io::{DrainWatch, IdleIo};
-use crate::matcher::{ConnectPlan, EgressDecision};
+use crate::matcher::ConnectPlan;
 use crate::parse::Target;
 use crate::plain;
 use crate::relay::{self, Purpose, ResBody, Sender};
@@ -299,25 +299,22 @@ impl Front {
             .map_err(|e| ProxyError::BadRequest(format!("CONNECT authority: {e}")))?;
         let span = info_span!("connect", dest = %target);
         let shared = &self.shared;
-        let plan = shared.settings.router.connect_plan(&target);
+        let plan = shared
+            .settings
+            .connect_plan(&target)
+            .map_err(|rule| ProxyError::Denied(format!("CONNECT to {target} denied by {rule}")))?;
         let (purpose, how) = match plan {
             ConnectPlan::Intercept => (Purpose::Endpoint, "intercept"),
             ConnectPlan::Passthrough => (Purpose::Endpoint, "passthrough"),
-            ConnectPlan::Unmatched => match shared.settings.egress.decide(&target) {
-                EgressDecision::Deny(rule) => {
-                    return Err(ProxyError::Denied(format!(
-                        "CONNECT to {target} denied by {rule}"
-                    )));
-                }
-                EgressDecision::Allow(_) => (Purpose::Egress, "tunnel"),
-            },
+            ConnectPlan::Inspect => (Purpose::Egress, "inspect"),
+            ConnectPlan::Unmatched => (Purpose::Egress, "tunnel"),
         };
         // Dial before answering 200, so an unreachable destination is a 502 on
         // the CONNECT itself and no byte of the tunnel is relayed. An
         // interception whose destination has a warm upstream pool needs no
         // dial: the pool has just reached it.
         let warm = match plan {
-            ConnectPlan::Intercept => shared.pools.warm(&target),
+            ConnectPlan::Intercept | ConnectPlan::Inspect => shared.pools.warm(&target),
             _ => None,
         };
         let dialed = match warm {
@@ -333,11 +330,7 @@ impl Front {
                 Some(d)
             }
         };
-        shared.telemetry.tunnel_opened(match plan {
-            ConnectPlan::Intercept => "intercept",
-            ConnectPlan::Passthrough => "passthrough",
-            ConnectPlan::Unmatched => "blind",
-        });
+        shared.telemetry.tunnel_opened(plan.label());
         let on_upgrade = hyper::upgrade::on(req);
         let task_shared = shared.clone();
         let permit = self.permit.clone();
@@ -348,7 +341,7 @@ impl Front {
                     Err(e) => return debug!(error = %e, "CONNECT upgrade failed"),
                 };
                 match (plan, dialed) {
-                    (ConnectPlan::Intercept, dialed) => {
+                    (ConnectPlan::Intercept | ConnectPlan::Inspect, dialed) => {
                         intercept::run(
                             task_shared,
                             TokioIo::new(client),

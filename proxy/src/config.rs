@@ -193,9 +193,12 @@ pub struct EgressConfig {
     /// Decision when neither list matches.
     #[serde(default)]
     pub default: EgressDefault,
-    /// `host:port` patterns always allowed (`*.suffix` hosts, `*` port).
+    /// `host:port` patterns always allowed (`*.suffix` hosts, `*` port);
+    /// an entry may also be `{ to: "host:port", statements: [...] }`, and
+    /// then its HTTP(S) is intercepted (no credential injected) so that
+    /// only what the statements allow goes through.
     #[serde(default)]
-    pub allow: Vec<String>,
+    pub allow: Vec<EgressAllow>,
     /// `host:port` patterns always denied; checked before `allow`.
     #[serde(default)]
     pub deny: Vec<String>,
@@ -204,6 +207,74 @@ pub struct EgressConfig {
     /// are exempt. Off by default so DNS cannot steer the agent into the host.
     #[serde(default)]
     pub allow_private_addresses: bool,
+}
+
+/// One `egress.allow` entry: `"host:port"`, or `{ to, statements }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressAllow {
+    /// The `host:port` pattern.
+    pub to: String,
+    /// What may be done there (see [`crate::policy`]); none: anything, in a
+    /// blind tunnel.
+    pub statements: Vec<crate::policy::Statement>,
+}
+
+impl From<&str> for EgressAllow {
+    fn from(to: &str) -> Self {
+        Self {
+            to: to.to_owned(),
+            statements: Vec::new(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EgressAllow {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// The long form (the short one is the bare pattern).
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Long {
+            to: String,
+            #[serde(default)]
+            statements: Vec<crate::policy::Statement>,
+        }
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = EgressAllow;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"host:port\" or { to: \"host:port\", statements: [...] }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EgressAllow, E> {
+                Ok(EgressAllow::from(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<EgressAllow, A::Error> {
+                let l = Long::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
+                Ok(EgressAllow {
+                    to: l.to,
+                    statements: l.statements,
+                })
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+/// A per-sandbox policy overlay: statements that narrow the base config's,
+/// never widen them (the effective set is the intersection).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyOverlay {
+    /// Endpoint name → statements narrowing that endpoint.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, Vec<crate::policy::Statement>>,
+    /// `egress.allow` entry, as written in the base (`"host:port"`) →
+    /// statements narrowing it (an entry without statements of its own then
+    /// becomes intercepted).
+    #[serde(default)]
+    pub egress: BTreeMap<String, Vec<crate::policy::Statement>>,
 }
 
 /// `resolve.<name>`: one address or several.

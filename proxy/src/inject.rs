@@ -197,6 +197,22 @@ pub fn decide<'r>(
     Ok(Decision { rule, path })
 }
 
+/// Why `policy` refuses `method` on `target` + `path` (the normalised
+/// path), or `None` when it allows (an empty policy allows everything).
+pub fn refusal(
+    policy: &crate::policy::Effective,
+    method: &Method,
+    target: &Target,
+    path: &str,
+) -> Option<String> {
+    if policy.is_empty() {
+        return None;
+    }
+    policy
+        .decide(method, &target.host, path)
+        .refusal(method, path)
+}
+
 /// Invariant 2: no credential in cleartext off this host unless the
 /// endpoint opts in; `addr` is the address actually dialled.
 pub fn cleartext_allowed(rule: &Rule, addr: std::net::SocketAddr) -> bool {
@@ -265,20 +281,12 @@ pub(crate) async fn prepare(
         }
         // Statements narrow what the credential may be used for: decided
         // before any token is fetched or anything is sent upstream.
-        if !rule.policy.is_empty() {
-            let verdict = rule.policy.decide(req.method(), &target.host, &path);
-            if !verdict.allowed() {
-                rec.deny_reason = Some("policy");
-                let why = match verdict {
-                    crate::policy::Decision::Deny(i) => format!("statement {i} denies"),
-                    _ => "no statement allows".to_owned(),
-                };
-                return Err(ProxyError::Denied(format!(
-                    "endpoint '{}': {why} {} {path}",
-                    rule.name,
-                    req.method()
-                )));
-            }
+        if let Some(why) = refusal(&rule.policy, req.method(), target, &path) {
+            rec.deny_reason = Some("policy");
+            return Err(ProxyError::Denied(format!(
+                "endpoint '{}': {why}",
+                rule.name
+            )));
         }
         let token = inject(shared, rule, &mut req).await?;
         rec.injected = true;
@@ -286,6 +294,15 @@ pub(crate) async fn prepare(
             rec.token_id = Some(shared.telemetry.token_id(&token));
         }
         credential = Some(token);
+    } else if let Some((i, to, policy)) = shared.settings.egress.inspection(target)
+        && let Some(why) = refusal(policy, req.method(), target, &path)
+    {
+        // No credential here, but the egress entry that let the agent
+        // reach this destination allows only what its statements say.
+        rec.deny_reason = Some("policy");
+        return Err(ProxyError::Denied(format!(
+            "egress.allow[{i}] '{to}': {why}"
+        )));
     }
     let pq = match req.uri().query() {
         Some(q) => format!("{path}?{q}"),

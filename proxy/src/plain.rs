@@ -46,7 +46,7 @@ pub(crate) async fn forward(
                 _ => Purpose::Endpoint,
             }
         }
-        ConnectPlan::Passthrough | ConnectPlan::Unmatched => {
+        ConnectPlan::Passthrough | ConnectPlan::Unmatched | ConnectPlan::Inspect => {
             match shared.settings.egress.decide(&target) {
                 EgressDecision::Deny(rule) => {
                     rec.deny_reason = Some("egress");
@@ -54,7 +54,9 @@ pub(crate) async fn forward(
                         "request to {target} denied by {rule}"
                     )));
                 }
-                EgressDecision::Allow(_) => {
+                // An entry with statements: the inject phase decides the
+                // request by them, as inside an intercepted tunnel.
+                EgressDecision::Allow(_) | EgressDecision::Inspect(_) => {
                     // RFC 9112 §3.2.2: a proxy uses the absolute-form authority and
                     // ignores Host. Nothing is injected here, so no check is needed.
                     req.headers_mut().remove(header::HOST);

@@ -38,6 +38,20 @@ pub(crate) enum Purpose {
     Egress,
 }
 
+impl Purpose {
+    /// Why an intercepted tunnel's pool dials `target`: an endpoint's host
+    /// is trusted config; a host intercepted only for an egress entry's
+    /// statements is egress, private-address checks and all.
+    pub(crate) fn of(shared: &Shared, target: &Target) -> Self {
+        match shared.settings.router.connect_plan(target) {
+            crate::matcher::ConnectPlan::Unmatched | crate::matcher::ConnectPlan::Inspect => {
+                Purpose::Egress
+            }
+            _ => Purpose::Endpoint,
+        }
+    }
+}
+
 /// A connected upstream socket.
 pub(crate) struct Dialed {
     pub(crate) stream: IdleIo<TcpStream>,

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use crate::config::{LimitsConfig, ProxyConfig};
-use crate::matcher::{EgressPolicy, Router, Rule};
+use crate::matcher::{ConnectPlan, EgressDecision, EgressPolicy, Router, Rule};
 use crate::parse::Host;
 
 /// A config problem: which field, and why. The binary adds the file name.
@@ -119,6 +119,39 @@ impl Settings {
             egress,
             resolve,
         })
+    }
+}
+
+impl Settings {
+    /// Applies a per-sandbox overlay read from file `origin`: each endpoint
+    /// and egress entry it names is narrowed; naming one the base lacks, or
+    /// allowing beyond the base's statements, is an error naming it.
+    pub fn narrow(
+        &mut self,
+        origin: &str,
+        overlay: &crate::config::PolicyOverlay,
+    ) -> Result<(), ConfigError> {
+        for (name, statements) in &overlay.endpoints {
+            self.router.narrow(name, origin, statements)?;
+        }
+        for (to, statements) in &overlay.egress {
+            self.egress.narrow(to, origin, statements)?;
+        }
+        Ok(())
+    }
+
+    /// How a connection to `target` is handled: by the endpoint rules, or
+    /// for a destination none covers, by egress policy (`Err` names the
+    /// rule that denies it).
+    pub fn connect_plan(&self, target: &crate::parse::Target) -> Result<ConnectPlan, String> {
+        match self.router.connect_plan(target) {
+            ConnectPlan::Unmatched => match self.egress.decide(target) {
+                EgressDecision::Deny(rule) => Err(rule),
+                EgressDecision::Allow(_) => Ok(ConnectPlan::Unmatched),
+                EgressDecision::Inspect(_) => Ok(ConnectPlan::Inspect),
+            },
+            plan => Ok(plan),
+        }
     }
 }
 

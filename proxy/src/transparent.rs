@@ -281,23 +281,23 @@ async fn by_name(
     permit: crate::accept::ConnPermit,
     watch: DrainWatch,
 ) {
-    let plan = shared.settings.router.connect_plan(&target);
+    let plan = match shared.settings.connect_plan(&target) {
+        Ok(plan) => plan,
+        Err(rule) => {
+            let detail = format!("redirected connection to {target} denied by {rule}");
+            shared
+                .telemetry
+                .denied_connection("egress", &target.to_string(), &detail);
+            return info!(%orig, dest = %target, %rule, "refused by egress policy");
+        }
+    };
     let purpose = match plan {
         ConnectPlan::Intercept | ConnectPlan::Passthrough => Purpose::Endpoint,
-        ConnectPlan::Unmatched => match shared.settings.egress.decide(&target) {
-            EgressDecision::Deny(rule) => {
-                let detail = format!("redirected connection to {target} denied by {rule}");
-                shared
-                    .telemetry
-                    .denied_connection("egress", &target.to_string(), &detail);
-                return info!(%orig, dest = %target, %rule, "refused by egress policy");
-            }
-            EgressDecision::Allow(_) => Purpose::Egress,
-        },
+        ConnectPlan::Inspect | ConnectPlan::Unmatched => Purpose::Egress,
     };
     // A warm upstream pool stands in for the dial, as for a CONNECT.
     let warm = match plan {
-        ConnectPlan::Intercept => shared.pools.warm(&target),
+        ConnectPlan::Intercept | ConnectPlan::Inspect => shared.pools.warm(&target),
         _ => None,
     };
     let (dialed, addr) = match warm {
@@ -315,9 +315,8 @@ async fn by_name(
     };
     let mismatch = addr.ip() != orig.ip();
     let mode = match plan {
-        ConnectPlan::Intercept => "intercept",
-        ConnectPlan::Passthrough => "passthrough",
         ConnectPlan::Unmatched => "tunnel",
+        plan => plan.label(),
     };
     info!(%orig, dest = %target, dialed = %addr, original_dst_mismatch = mismatch, mode, "redirected");
     if mismatch {
@@ -333,13 +332,9 @@ async fn by_name(
             }),
         );
     }
-    shared.telemetry.tunnel_opened(match plan {
-        ConnectPlan::Intercept => "intercept",
-        ConnectPlan::Passthrough => "passthrough",
-        ConnectPlan::Unmatched => "blind",
-    });
+    shared.telemetry.tunnel_opened(plan.label());
     match (plan, dialed) {
-        (ConnectPlan::Intercept, dialed) => {
+        (ConnectPlan::Intercept | ConnectPlan::Inspect, dialed) => {
             crate::intercept::run(shared, stream, target, dialed, watch, permit).await;
         }
         (_, Some(dialed)) => {
@@ -361,12 +356,21 @@ async fn blind_to_address(
         host: Host::Ip(orig.ip()),
         port: orig.port(),
     };
-    if let EgressDecision::Deny(rule) = shared.settings.egress.decide(&target) {
-        let detail = format!("redirected connection to {target} denied by {rule}");
+    let refused = match shared.settings.egress.decide(&target) {
+        EgressDecision::Deny(rule) => Some(format!("denied by {rule}")),
+        // Statements decide requests; without a name there is no request
+        // Lanyard can read, and a blind tunnel would bypass them.
+        EgressDecision::Inspect(rule) => Some(format!(
+            "{rule} has statements, and a connection without a TLS name or HTTP cannot be inspected"
+        )),
+        EgressDecision::Allow(_) => None,
+    };
+    if let Some(why) = refused {
+        let detail = format!("redirected connection to {target} {why}");
         shared
             .telemetry
             .denied_connection("egress", &target.to_string(), &detail);
-        return info!(%orig, %rule, "refused by egress policy");
+        return info!(%orig, %why, "refused by egress policy");
     }
     let dialed = match relay::dial(&shared, &target, Purpose::Egress).await {
         Ok(d) => d,

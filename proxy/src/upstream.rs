@@ -149,7 +149,7 @@ impl Pools {
         let tls = shared.upstream_tls.for_offer(offer);
         let first = match dialed {
             Some(d) => Ok(d),
-            None => relay::dial(shared, target, Purpose::Endpoint).await,
+            None => relay::dial(shared, target, Purpose::of(shared, target)).await,
         };
         let first = match first {
             Ok(d) => relay::tls_connect(shared, d.stream, target, tls)
@@ -448,7 +448,8 @@ impl ConnectorInner {
             return Err(ProxyError::Internal("the config generation ended".into()));
         };
         let result = async {
-            let dialed = relay::dial(&shared, &self.target, Purpose::Endpoint).await?;
+            let dialed =
+                relay::dial(&shared, &self.target, Purpose::of(&shared, &self.target)).await?;
             let addr = dialed.addr;
             relay::tls_connect(&shared, dialed.stream, &self.target, self.tls.clone())
                 .await

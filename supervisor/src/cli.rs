@@ -28,6 +28,7 @@ pub struct Cli {
 const EXAMPLES: &str = "\
 Examples:
   lanyard check --config lanyard.yaml          validate, print the endpoint table
+  lanyard policy test --config lanyard.yaml GET https://api.example.com/v1/items
   lanyard run --config lanyard.yaml -- curl https://api.example.com/v1/items
   lanyard proxy --config lanyard.yaml          the proxy alone (sidecar, or beside an agent)
   lanyard ca export --config lanyard.yaml      the sandbox CA certificate, for a truststore
@@ -87,6 +88,9 @@ pub enum Command {
     /// The sandbox CA.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Statement policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Print the Lanyard config equivalent to another tool's configuration.
     #[command(subcommand)]
     Import(ImportCommand),
@@ -115,6 +119,26 @@ pub enum CaCommand {
         /// Path to lanyard.yaml.
         #[arg(long, short)]
         config: PathBuf,
+    },
+}
+
+/// `lanyard policy ...`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Whether the proxy running this config (overlays applied) would let
+    /// `METHOD URL` through, and which statement decided: exit 0 when
+    /// allowed, 1 when denied, 64 for a config error.
+    #[command(after_help = "Examples:
+  lanyard policy test --config lanyard.yaml GET https://api.example.com/repos/acme/widgets/issues
+  lanyard policy test --config lanyard.yaml DELETE https://api.example.com/repos/acme/widgets")]
+    Test {
+        /// Path to lanyard.yaml.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The request method (GET, POST, ...).
+        method: String,
+        /// The URL the agent would request (http:// or https://).
+        url: String,
     },
 }
 
@@ -159,10 +183,22 @@ pub fn run(cli: Cli) -> i32 {
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{}: ok", config.display());
                 let _ = write!(out, "{}", checked.table);
+                let _ = write!(out, "{}", checked.statements);
                 for n in checked.notes {
                     let _ = writeln!(out, "note: {n}");
                 }
                 0
+            }
+            Err(e) => report(&e),
+        },
+        Command::Policy(PolicyCommand::Test {
+            config,
+            method,
+            url,
+        }) => match crate::policy::test(&config, &method, &url) {
+            Ok(answer) => {
+                let _ = std::io::stdout().lock().write_all(answer.text.as_bytes());
+                i32::from(!answer.allowed)
             }
             Err(e) => report(&e),
         },

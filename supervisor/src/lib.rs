@@ -19,6 +19,7 @@ pub mod netinit;
 pub mod openshell;
 pub mod ops;
 pub mod paths;
+pub mod policy;
 pub mod run;
 
 use config::{Config, ConfigFileError, ProviderKind, Validated};
@@ -234,6 +235,8 @@ pub struct Checked {
     pub notes: Vec<String>,
     /// The resolved endpoint table, one line per rule, in match order.
     pub table: String,
+    /// The effective statements per endpoint and egress entry (empty when none).
+    pub statements: String,
 }
 
 /// Checks a config as far as possible without binding: parse, validate, read
@@ -260,6 +263,7 @@ pub fn check(file: &Path) -> Result<Checked, Error> {
     Ok(Checked {
         notes,
         table: endpoint_table(&v, &providers),
+        statements: policy::statements_table(&v),
     })
 }
 

@@ -110,8 +110,9 @@ pub struct Rule {
     pub tls: TlsMode,
     /// Cleartext injection to non-loopback upstreams allowed.
     pub allow_cleartext: bool,
-    /// The endpoint's statements, compiled (empty: no restriction).
-    pub policy: crate::policy::Policy,
+    /// The endpoint's statements and the overlays narrowing them, compiled
+    /// (empty: no restriction).
+    pub policy: crate::policy::Effective,
     path_segments: usize,
 }
 
@@ -187,6 +188,7 @@ impl Rule {
         }
         let policy = crate::policy::Policy::compile(&c.statements)
             .map_err(|(f, r)| err(&format!("statements{f}"), r))?;
+        let policy = crate::policy::Effective::new(policy);
         Ok(Rule {
             name: c.name.clone(),
             host,
@@ -242,6 +244,22 @@ pub enum ConnectPlan {
     Passthrough,
     /// No endpoint covers host:port.
     Unmatched,
+    /// No endpoint covers host:port, and the egress allow entry that
+    /// admits it has statements: intercepted without injection, so each
+    /// request is decided by them.
+    Inspect,
+}
+
+impl ConnectPlan {
+    /// The tunnel kind, as metrics label it.
+    pub fn label(self) -> &'static str {
+        match self {
+            ConnectPlan::Intercept => "intercept",
+            ConnectPlan::Passthrough => "passthrough",
+            ConnectPlan::Inspect => "inspect",
+            ConnectPlan::Unmatched => "blind",
+        }
+    }
 }
 
 impl Router {
@@ -286,6 +304,26 @@ impl Router {
         &self.rules
     }
 
+    /// Narrows endpoint `name` with an overlay's statements from file
+    /// `origin`; errors name the endpoint and statement.
+    pub fn narrow(
+        &mut self,
+        name: &str,
+        origin: &str,
+        statements: &[crate::policy::Statement],
+    ) -> Result<(), ConfigError> {
+        let field = format!("endpoints.{name}");
+        let rule = self.rules.iter_mut().find(|r| r.name == name).ok_or_else(|| {
+            ConfigError::new(
+                field.clone(),
+                "no endpoint of the base config has this name; an overlay can only narrow what the base allows",
+            )
+        })?;
+        rule.policy
+            .narrow(origin, statements)
+            .map_err(|(f, r)| ConfigError::new(format!("{field}{f}"), r))
+    }
+
     /// The most specific rule for a request, if any.
     pub fn find(&self, target: &Target, path: &str, method: &Method) -> Option<&Rule> {
         self.rules.iter().find(|r| r.matches(target, path, method))
@@ -327,6 +365,8 @@ struct EgressPattern {
     text: String,
     host: HostPattern,
     port: Option<u16>,
+    /// Statements (allow entries only): non-empty means intercept and decide each request.
+    policy: crate::policy::Effective,
 }
 
 impl EgressPattern {
@@ -354,6 +394,7 @@ impl EgressPattern {
             text: raw.to_owned(),
             host,
             port,
+            policy: crate::policy::Effective::default(),
         })
     }
 
@@ -367,6 +408,9 @@ impl EgressPattern {
 pub enum EgressDecision {
     /// Allowed; the string names the rule.
     Allow(String),
+    /// Allowed by an entry with statements: intercepted (TLS terminated
+    /// with the sandbox CA, nothing injected) so each request is decided.
+    Inspect(String),
     /// Denied; the string names the rule.
     Deny(String),
 }
@@ -384,21 +428,87 @@ pub struct EgressPolicy {
 impl EgressPolicy {
     /// Validates the `egress` section.
     pub fn new(c: &EgressConfig) -> Result<Self, ConfigError> {
-        let parse = |list: &[String], name: &str| {
-            list.iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    EgressPattern::parse(p)
-                        .map_err(|r| ConfigError::new(format!("egress.{name}[{i}]"), r))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        };
+        let deny = c
+            .deny
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                EgressPattern::parse(p)
+                    .map_err(|r| ConfigError::new(format!("egress.deny[{i}]"), r))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut allow = Vec::with_capacity(c.allow.len());
+        for (i, a) in c.allow.iter().enumerate() {
+            let field = |sub: &str| format!("egress.allow[{i}]{sub}");
+            let mut p = EgressPattern::parse(&a.to).map_err(|r| {
+                ConfigError::new(
+                    if a.statements.is_empty() {
+                        field("")
+                    } else {
+                        field(".to")
+                    },
+                    r,
+                )
+            })?;
+            let compiled = crate::policy::Policy::compile(&a.statements)
+                .map_err(|(f, r)| ConfigError::new(field(&format!(".statements{f}")), r))?;
+            p.policy = crate::policy::Effective::new(compiled);
+            allow.push(p);
+        }
         Ok(EgressPolicy {
             default: c.default,
-            allow: parse(&c.allow, "allow")?,
-            deny: parse(&c.deny, "deny")?,
+            allow,
+            deny,
             allow_private_addresses: c.allow_private_addresses,
         })
+    }
+
+    /// Narrows the allow entry written as `to` with an overlay's statements
+    /// from file `origin`; errors name the entry and statement.
+    pub fn narrow(
+        &mut self,
+        to: &str,
+        origin: &str,
+        statements: &[crate::policy::Statement],
+    ) -> Result<(), ConfigError> {
+        let entry = self.allow.iter_mut().find(|p| p.text == to).ok_or_else(|| {
+            ConfigError::new(
+                format!("egress.{to}"),
+                "no egress.allow entry of the base config is written so; an overlay can only narrow what the base allows",
+            )
+        })?;
+        entry
+            .policy
+            .narrow(origin, statements)
+            .map_err(|(f, r)| ConfigError::new(format!("egress.{to}{f}"), r))
+    }
+
+    /// The allow entry that admits `t` (its index, its text as written and
+    /// its statements), when that entry has statements: the request is
+    /// then decided by them. `None` otherwise.
+    pub fn inspection(&self, t: &Target) -> Option<(usize, &str, &crate::policy::Effective)> {
+        match self.find(t) {
+            Found::Allow(i, p) if !p.policy.is_empty() => Some((i, p.text.as_str(), &p.policy)),
+            _ => None,
+        }
+    }
+
+    /// Each allow entry with statements, as written, with them.
+    pub fn inspected(&self) -> impl Iterator<Item = (&str, &crate::policy::Effective)> {
+        self.allow
+            .iter()
+            .filter(|p| !p.policy.is_empty())
+            .map(|p| (p.text.as_str(), &p.policy))
+    }
+
+    fn find(&self, t: &Target) -> Found<'_> {
+        if let Some(i) = self.deny.iter().position(|p| p.matches(t)) {
+            return Found::Deny(i, &self.deny[i]);
+        }
+        match self.allow.iter().position(|p| p.matches(t)) {
+            Some(i) => Found::Allow(i, &self.allow[i]),
+            None => Found::Neither,
+        }
     }
 
     /// The deny rule, if any, that covers the address a name resolved to:
@@ -422,11 +532,17 @@ impl EgressPolicy {
 
     /// Deny list, then allow list, then the default.
     pub fn decide(&self, t: &Target) -> EgressDecision {
-        if let Some((i, p)) = self.deny.iter().enumerate().find(|(_, p)| p.matches(t)) {
-            return EgressDecision::Deny(format!("egress.deny[{i}] '{}'", p.text));
-        }
-        if let Some((i, p)) = self.allow.iter().enumerate().find(|(_, p)| p.matches(t)) {
-            return EgressDecision::Allow(format!("egress.allow[{i}] '{}'", p.text));
+        match self.find(t) {
+            Found::Deny(i, p) => {
+                return EgressDecision::Deny(format!("egress.deny[{i}] '{}'", p.text));
+            }
+            Found::Allow(i, p) if p.policy.is_empty() => {
+                return EgressDecision::Allow(format!("egress.allow[{i}] '{}'", p.text));
+            }
+            Found::Allow(i, p) => {
+                return EgressDecision::Inspect(format!("egress.allow[{i}] '{}'", p.text));
+            }
+            Found::Neither => {}
         }
         match self.default {
             EgressDefault::Allow => EgressDecision::Allow("egress.default: allow".into()),
@@ -435,6 +551,13 @@ impl EgressPolicy {
             ),
         }
     }
+}
+
+/// The first list entry that covers a destination.
+enum Found<'a> {
+    Deny(usize, &'a EgressPattern),
+    Allow(usize, &'a EgressPattern),
+    Neither,
 }
 
 /// Addresses an unmatched destination may not resolve to unless allowed:

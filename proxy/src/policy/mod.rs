@@ -20,6 +20,9 @@ use http::Method;
 
 use crate::parse::Host;
 
+mod layers;
+pub use layers::{Effective, Verdict};
+
 /// Segments a path may have for a statement to allow it.
 pub const MAX_SEGMENTS: usize = 64;
 
@@ -78,6 +81,8 @@ struct Compiled {
     /// `None`: every method.
     methods: Option<Vec<Method>>,
     resources: Vec<Resource>,
+    /// As `lanyard check` prints it: `allow GET,POST /a/*, /b/**`.
+    text: String,
 }
 
 #[derive(Debug, Clone)]
@@ -128,11 +133,24 @@ impl Policy {
                 resources
                     .push(Resource::parse(r).map_err(|why| (f(&format!("resources[{j}]")), why))?);
             }
+            let text = format!(
+                "{} {} {}",
+                match s.effect {
+                    Effect::Allow => "allow",
+                    Effect::Deny => "deny",
+                },
+                methods.as_ref().map_or_else(
+                    || "*".to_owned(),
+                    |m| m.iter().map(Method::as_str).collect::<Vec<_>>().join(",")
+                ),
+                s.resources.join(", ")
+            );
             out.push(Compiled {
                 index: i,
                 effect: s.effect,
                 methods,
                 resources,
+                text,
             });
         }
         Ok(Self { statements: out })
@@ -142,6 +160,62 @@ impl Policy {
     /// as before statements existed).
     pub fn is_empty(&self) -> bool {
         self.statements.is_empty()
+    }
+
+    /// Each statement as `lanyard check` prints it, in order.
+    pub fn describe(&self) -> impl Iterator<Item = &str> {
+        self.statements.iter().map(|s| s.text.as_str())
+    }
+
+    /// Why an `allow` statement of `narrower` is not within this policy,
+    /// naming it (`[j]`) and the first method and resource that escape;
+    /// `None` when every allow statement of `narrower` only allows what
+    /// one of this policy's allow statements does. An empty policy allows
+    /// everything, so nothing escapes it. Deny statements only narrow, and
+    /// this policy's own denies keep holding (layers are intersected), so
+    /// neither needs checking. Conservative: a resource covered only by the
+    /// union of several statements here counts as escaping.
+    pub fn escapes(&self, narrower: &Policy) -> Option<(usize, String)> {
+        if self.is_empty() {
+            return None;
+        }
+        let allows: Vec<&Compiled> = self
+            .statements
+            .iter()
+            .filter(|s| s.effect == Effect::Allow)
+            .collect();
+        for n in narrower
+            .statements
+            .iter()
+            .filter(|s| s.effect == Effect::Allow)
+        {
+            let methods: Vec<Option<&Method>> = match &n.methods {
+                None => vec![None],
+                Some(m) => m.iter().map(Some).collect(),
+            };
+            for m in methods {
+                for r in &n.resources {
+                    let covered = allows.iter().any(|a| {
+                        let method_ok = match (&a.methods, m) {
+                            (None, _) => true,
+                            (Some(_), None) => false,
+                            (Some(am), Some(m)) => am.contains(m),
+                        };
+                        method_ok && a.resources.iter().any(|q| q.contains(r))
+                    });
+                    if !covered {
+                        return Some((
+                            n.index,
+                            format!(
+                                "allows {} {r} and no statement of the base allows all of it; an overlay can only narrow",
+                                m.map_or("*", Method::as_str),
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// Decides `method` on `host` + `path` (the normalised path, no query).
@@ -180,7 +254,35 @@ fn split<'a>(path: &'a str, buf: &mut [&'a str; MAX_SEGMENTS]) -> Option<usize> 
     Some(n)
 }
 
+impl std::fmt::Display for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(h) = &self.host {
+            write!(f, "{h}")?;
+        }
+        if self.segments.is_empty() {
+            return f.write_str("/");
+        }
+        for s in &self.segments {
+            match s {
+                Seg::Any => f.write_str("/**")?,
+                Seg::Glob(g) => write!(f, "/{g}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Resource {
+    /// Whether every request `other` matches, this matches too.
+    fn contains(&self, other: &Resource) -> bool {
+        let host_ok = match (&self.host, &other.host) {
+            (None, _) => true,
+            (Some(a), Some(b)) => a == b,
+            (Some(_), None) => false,
+        };
+        host_ok && contains_segments(&self.segments, &other.segments)
+    }
+
     fn parse(text: &str) -> Result<Self, String> {
         let (host, path) = match text.find('/') {
             Some(0) => (None, text),
@@ -238,6 +340,39 @@ fn match_segments(pat: &[Seg], segs: &[&str]) -> bool {
         Some((Seg::Glob(g), rest)) => match segs.split_first() {
             Some((s, more)) => glob(g.as_bytes(), s.as_bytes()) && match_segments(rest, more),
             None => false,
+        },
+    }
+}
+
+/// Whether pattern `q` matches every path pattern `r` matches. `**` in `q`
+/// may take any of `r`'s segments, `**` included; a glob in `q` takes one
+/// glob of `r` that it contains; `**` in `r` (any number of segments) is
+/// within nothing but `**`.
+fn contains_segments(q: &[Seg], r: &[Seg]) -> bool {
+    match q.split_first() {
+        None => r.is_empty(),
+        Some((Seg::Any, rest)) => {
+            contains_segments(rest, r) || (!r.is_empty() && contains_segments(q, &r[1..]))
+        }
+        Some((Seg::Glob(g), rest)) => match r.split_first() {
+            Some((Seg::Glob(h), more)) => {
+                glob_contains(g.as_bytes(), h.as_bytes()) && contains_segments(rest, more)
+            }
+            _ => false,
+        },
+    }
+}
+
+/// Whether glob `g` matches every string glob `h` matches: `h` is matched
+/// as text in which each of its `*` can only be taken by a `*` of `g`
+/// (a literal of `g` cannot stand for an arbitrary run).
+fn glob_contains(g: &[u8], h: &[u8]) -> bool {
+    match g.split_first() {
+        None => h.is_empty(),
+        Some((b'*', rest)) => (0..=h.len()).any(|k| glob_contains(rest, &h[k..])),
+        Some((c, rest)) => match h.split_first() {
+            Some((d, more)) if d == c && *d != b'*' => glob_contains(rest, more),
+            _ => false,
         },
     }
 }

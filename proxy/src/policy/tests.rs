@@ -269,3 +269,170 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn overlays_narrow_and_widening_is_named() {
+    let base = Policy::compile(&[
+        st(Effect::Allow, &["GET"], &["/repos/acme/**"]),
+        st(
+            Effect::Allow,
+            &["POST"],
+            &["/repos/acme/*/issues/*/comments"],
+        ),
+        st(Effect::Deny, &["*"], &["/repos/acme/secret/**"]),
+    ])
+    .unwrap();
+    let mut e = Effective::new(base);
+    // Within the base: one repository, reads only.
+    e.narrow(
+        "o.yaml",
+        &[st(Effect::Allow, &["GET"], &["/repos/acme/widgets/**"])],
+    )
+    .unwrap();
+    let d = |m: Method, path: &str| e.decide(&m, &h("api.test"), path);
+    assert!(d(Method::GET, "/repos/acme/widgets/issues").allowed());
+    // The base allows it; the overlay does not: the overlay decides, and says so.
+    let v = d(Method::GET, "/repos/acme/gadgets");
+    assert_eq!(v.decision, Decision::NoMatch);
+    assert_eq!(v.overlay, Some("o.yaml"));
+    assert_eq!(
+        v.refusal(&Method::GET, "/repos/acme/gadgets").unwrap(),
+        "no statement allows GET /repos/acme/gadgets (overlay o.yaml)"
+    );
+    // The base's own deny keeps holding under the overlay.
+    let mut wide = Effective::new(
+        Policy::compile(&[
+            st(Effect::Allow, &["*"], &["/**"]),
+            st(Effect::Deny, &["*"], &["/admin/**"]),
+        ])
+        .unwrap(),
+    );
+    wide.narrow("o.yaml", &[st(Effect::Allow, &["GET"], &["/**"])])
+        .unwrap();
+    let v = wide.decide(&Method::GET, &h("api.test"), "/admin/x");
+    assert_eq!((v.decision, v.overlay), (Decision::Deny(1), None));
+    assert_eq!(
+        v.refusal(&Method::GET, "/admin/x").unwrap(),
+        "statement 1 denies GET /admin/x"
+    );
+
+    // Widening, each way, names the overlay statement and what escapes.
+    for (statements, at, what) in [
+        (
+            vec![st(Effect::Allow, &["DELETE"], &["/repos/acme/widgets"])],
+            "[0]",
+            "DELETE /repos/acme/widgets",
+        ),
+        (
+            vec![
+                st(Effect::Allow, &["GET"], &["/repos/acme/x"]),
+                st(Effect::Allow, &["GET"], &["/repos/other/**"]),
+            ],
+            "[1]",
+            "GET /repos/other/**",
+        ),
+        (
+            vec![st(Effect::Allow, &["*"], &["/repos/acme/widgets"])],
+            "[0]",
+            "* /repos/acme/widgets",
+        ),
+        // `*` spans any one segment; the base's comment path needs `issues`.
+        (
+            vec![st(
+                Effect::Allow,
+                &["POST"],
+                &["/repos/acme/*/*/1/comments"],
+            )],
+            "[0]",
+            "POST /repos/acme/*/*/1/comments",
+        ),
+        // `**` in the overlay spans more than one segment can.
+        (
+            vec![st(Effect::Allow, &["POST"], &["/repos/acme/**/comments"])],
+            "[0]",
+            "POST /repos/acme/**/comments",
+        ),
+    ] {
+        let mut e = Effective::new(
+            Policy::compile(&[
+                st(Effect::Allow, &["GET"], &["/repos/acme/**"]),
+                st(
+                    Effect::Allow,
+                    &["POST"],
+                    &["/repos/acme/*/issues/*/comments"],
+                ),
+            ])
+            .unwrap(),
+        );
+        let (field, why) = e.narrow("o.yaml", &statements).unwrap_err();
+        assert_eq!(field, at, "{statements:?}");
+        assert!(why.contains(what), "{why}");
+    }
+    // Narrower globs and deny statements are fine.
+    let mut e = Effective::new(
+        Policy::compile(&[st(
+            Effect::Allow,
+            &["POST"],
+            &["/repos/acme/*/issues/*/comments"],
+        )])
+        .unwrap(),
+    );
+    e.narrow(
+        "o.yaml",
+        &[
+            st(
+                Effect::Allow,
+                &["post"],
+                &["/repos/acme/w*/issues/1*/comments"],
+            ),
+            st(Effect::Deny, &["*"], &["/**"]),
+        ],
+    )
+    .unwrap();
+    // An overlay needs statements.
+    assert!(e.narrow("o.yaml", &[]).is_err());
+    // With no base statements everything is within the base.
+    let mut e = Effective::new(Policy::default());
+    e.narrow("o.yaml", &[st(Effect::Allow, &["*"], &["/**"])])
+        .unwrap();
+    assert!(!e.is_empty());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// Whatever an accepted overlay allows, the base allows: the subset
+    /// check never lets an overlay widen (it may refuse a narrowing one).
+    #[test]
+    fn an_accepted_overlay_never_widens(
+        base in prop::collection::vec(statement(), 1..4),
+        overlay in prop::collection::vec(statement(), 1..3),
+        method in prop_oneof![Just("GET"), Just("POST"), Just("DELETE")],
+        path in request_path(),
+    ) {
+        let base_only: Vec<Statement> =
+            base.iter().filter(|s| s.effect == Effect::Allow).cloned().collect();
+        prop_assume!(!base_only.is_empty());
+        let b = Policy::compile(&base_only).unwrap();
+        let o = Policy::compile(&overlay).unwrap();
+        if b.escapes(&o).is_none() {
+            let m = Method::from_bytes(method.as_bytes()).unwrap();
+            let host = h("h.test");
+            if o.decide(&m, &host, &path).allowed() {
+                prop_assert!(
+                    b.decide(&m, &host, &path).allowed(),
+                    "{:?} accepted within {:?}, yet {} {} escapes", overlay, base_only, method, path
+                );
+            }
+        }
+    }
+
+    /// A statement is always within itself (the check is not so
+    /// conservative that an overlay repeating the base is refused).
+    #[test]
+    fn a_statement_contains_itself(s in statement()) {
+        let s = Statement { effect: Effect::Allow, ..s };
+        let p = Policy::compile(std::slice::from_ref(&s)).unwrap();
+        prop_assert!(p.escapes(&p).is_none(), "{:?}", s);
+    }
+}

@@ -38,6 +38,14 @@ pub struct Config {
     /// Policy for destinations no endpoint matches.
     #[serde(default)]
     pub egress: EgressConfig,
+    /// Per-sandbox policy overlays: YAML files of `endpoints: { NAME:
+    /// [statements] }` and `egress: { "host:port": [statements] }` that
+    /// narrow this file's statements (the effective set is the
+    /// intersection). One that would widen, names what this file lacks, or
+    /// is missing is a config error; each is re-read on reload and watched
+    /// like this file.
+    #[serde(default)]
+    pub overlays: Vec<PathBuf>,
     /// Limits and timeouts.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -512,6 +520,8 @@ pub struct Validated {
     pub admin: Option<AdminConfig>,
     /// The audit trail.
     pub audit: AuditConfig,
+    /// The overlay files applied, for the reload watcher.
+    pub overlays: Vec<PathBuf>,
     /// The Workload API address, resolved once (from `spiffe.endpoint_socket`
     /// or `SPIFFE_ENDPOINT_SOCKET`): the client dials exactly what `lanyard
     /// run` hides. An error is reported by whoever needs the address.
@@ -529,8 +539,11 @@ pub fn parse_yaml<T: serde::de::DeserializeOwned>(
         let mut field = e.path().to_string();
         let inner = e.into_inner();
         let mut reason = inner.to_string();
-        // serde_yaml prefixes its own copy of the path; keep one.
-        if let Some(rest) = reason.strip_prefix(&format!("{field}: ")) {
+        // serde_yaml prefixes its own copy of the path (or of its parent,
+        // inside a hand-written visitor); keep one.
+        if let Some((head, rest)) = reason.split_once(": ")
+            && field.starts_with(head)
+        {
             reason = rest.to_owned();
         }
         // A missing field is reported at its parent; name the field itself.
@@ -668,9 +681,33 @@ impl Config {
             limits: self.limits,
             transparent: self.transparent,
         };
-        let settings =
+        let mut settings =
             Settings::build(proxy, &names).map_err(|e| ConfigFileError::from_field(path, e))?;
+        for (i, file) in self.overlays.iter().enumerate() {
+            // Relative to the config file, as Kubernetes mounts both side by side.
+            let file = path.parent().map_or_else(|| file.clone(), |d| d.join(file));
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                ConfigFileError::new(
+                    path,
+                    format!("overlays[{i}]"),
+                    format!(
+                        "cannot read {}: {e} (a missing overlay would leave the sandbox with the base's wider policy)",
+                        file.display()
+                    ),
+                )
+            })?;
+            let overlay: lanyard_proxy::config::PolicyOverlay = parse_yaml(&text, &file)?;
+            settings
+                .narrow(&file.display().to_string(), &overlay)
+                .map_err(|e| ConfigFileError::from_field(&file, e))?;
+        }
+        let overlays = self
+            .overlays
+            .iter()
+            .map(|f| path.parent().map_or_else(|| f.clone(), |d| d.join(f)))
+            .collect();
         Ok(Validated {
+            overlays,
             settings,
             providers: self.providers,
             endpoints,

@@ -100,6 +100,8 @@ fn open_audit(path: &Path) -> std::io::Result<std::fs::File> {
 /// What reload swaps and the admin listener reads.
 struct State {
     providers: Providers,
+    /// The config file and the overlays it names, as the watcher checks them.
+    watched: Vec<PathBuf>,
     endpoints: Vec<EndpointConfig>,
     admin_token: Option<Secret>,
 }
@@ -161,6 +163,7 @@ pub async fn start(v: Validated, file: &Path, opts: StartOptions) -> Result<Star
         reloader: proxy.reloader(),
         state: Mutex::new(State {
             providers,
+            watched: watched(file, &v.overlays),
             endpoints: v.endpoints,
             admin_token,
         }),
@@ -313,6 +316,7 @@ impl Runtime {
             let cache = providers.token_cache().cloned();
             st.providers = providers;
             st.endpoints = v.endpoints;
+            st.watched = watched(file, &v.overlays);
             st.admin_token = admin_token;
             (cache, (live, notes))
         };
@@ -480,7 +484,8 @@ async fn watch(runtime: Arc<Runtime>, sighup: bool) {
     } else {
         None
     };
-    let mut seen = stamp(&runtime.file);
+    let files = |r: &Runtime| r.state().watched.clone();
+    let mut seen: Vec<_> = files(&runtime).iter().map(|f| stamp(f)).collect();
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -488,7 +493,7 @@ async fn watch(runtime: Arc<Runtime>, sighup: bool) {
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
             _ = tick.tick() => false,
         };
-        let now = stamp(&runtime.file);
+        let now: Vec<_> = files(&runtime).iter().map(|f| stamp(f)).collect();
         if !by_signal && now == seen {
             continue;
         }
@@ -499,6 +504,13 @@ async fn watch(runtime: Arc<Runtime>, sighup: bool) {
         );
         let _ = runtime.reload().await;
     }
+}
+
+/// The files whose change triggers a reload: the config and its overlays.
+fn watched(file: &Path, overlays: &[PathBuf]) -> Vec<PathBuf> {
+    std::iter::once(file.to_owned())
+        .chain(overlays.iter().cloned())
+        .collect()
 }
 
 fn stamp(path: &Path) -> Option<(u64, Option<std::time::SystemTime>, u64)> {
