@@ -105,7 +105,12 @@ impl Drop for Pod {
 
 /// Serves the echo upstream `name` (an alpha.test certificate from `pki`) on
 /// `addr` inside namespace `ns`, from a thread that joined it.
-fn upstream_in(ns: &str, addr: &str, name: &'static str, pki: &lanyard_examples::pki::Pki) {
+fn upstream_in(
+    ns: &str,
+    addr: &str,
+    name: &'static str,
+    pki: &lanyard_examples::pki::Pki,
+) -> std::sync::Arc<AtomicUsize> {
     let tls = pki
         .leaf(&["alpha.test"])
         .unwrap()
@@ -124,11 +129,53 @@ fn upstream_in(ns: &str, addr: &str, name: &'static str, pki: &lanyard_examples:
             let up = lanyard_examples::echo::start(addr, name, Some(tls))
                 .await
                 .unwrap();
-            tx.send(up.addr).unwrap();
+            tx.send(up.hits.clone()).unwrap();
             std::future::pending::<()>().await;
         });
     });
-    rx.recv().unwrap();
+    rx.recv().unwrap()
+}
+
+/// Starts the demo token issuer (`issuer.test`, a certificate from `pki`)
+/// on loopback inside namespace `ns`, trusting the Workload API at
+/// `workload_api` for the SVIDs it is shown; returns its port and its count
+/// of tokens issued.
+fn issuer_in(
+    ns: &str,
+    workload_api: String,
+    pki: &lanyard_examples::pki::Pki,
+) -> (u16, std::sync::Arc<AtomicUsize>) {
+    let tls = pki
+        .leaf(&["issuer.test"])
+        .unwrap()
+        .server_config(&[b"http/1.1"])
+        .unwrap();
+    let ns_file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let issuer = lanyard_examples::issuer::start(lanyard_examples::issuer::IssuerConfig {
+                name: "issuer.test".into(),
+                bind: "127.0.0.1:0".parse().unwrap(),
+                tls,
+                workload_api,
+                allowed_prefix: "spiffe://demo.test/".into(),
+                audiences: [("alpha".to_owned(), vec!["alpha.read".to_owned()])].into(),
+                ttl: 300,
+            })
+            .await
+            .unwrap();
+            tx.send((issuer.addr.port(), issuer.issued.clone()))
+                .unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().unwrap()
 }
 
 #[test]
@@ -398,6 +445,155 @@ fn the_agent_gets_its_token_without_knowing_there_is_a_proxy() {
         "the log does not say when the agent's address was not the endpoint's: {log}"
     );
     assert!(!log.contains(TOKEN), "the token reached the log");
+}
+
+/// Statements decide redirected requests exactly as they decide a CONNECT's:
+/// an agent with no proxy settings gets a 403 for what its endpoint's
+/// statements do not allow, before any token is fetched (the issuer counts
+/// none) and with nothing sent to the upstream; an allowed call gets its
+/// exchanged token.
+#[test]
+fn statements_decide_redirected_requests_before_any_token() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test creates network namespaces: run it as root (CI does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut pod = Pod::new();
+    let pki = lanyard_examples::pki::Pki::new("demo CA").unwrap();
+    let hits = upstream_in(&pod.b, "192.0.2.10:443", "alpha", &pki);
+    let trust = dir.path().join("demo-ca.pem");
+    pki.write_ca(&trust).unwrap();
+
+    // The Workload API, where only Lanyard's uid can reach it.
+    let socket_dir = dir.path().join("spiffe");
+    let ca = dir.path().join("ca");
+    for d in [&socket_dir, &ca] {
+        std::fs::create_dir(d).unwrap();
+        nix::unistd::chown(d.as_path(), Some(PROXY_UID.into()), Some(PROXY_UID.into())).unwrap();
+    }
+    std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let socket = socket_dir.join("agent.sock");
+    let mut api = pod
+        .in_pod(
+            PROXY_UID,
+            &[
+                LANYARD,
+                "dev",
+                "workload-api",
+                "--socket",
+                socket.to_str().unwrap(),
+                "--spiffe-id",
+                "spiffe://demo.test/agent",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(api.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on"), "{line}");
+    let _api = KillOnDrop(api);
+    let (issuer_port, issued) = issuer_in(&pod.a, format!("unix://{}", socket.display()), &pki);
+
+    let cfg = dir.path().join("lanyard.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:0\ntransparent: {{ listen: \"[::]:15001\" }}\nca: {{ dir: {ca} }}\nupstream_tls: {{ extra_ca_files: [{trust}] }}\nresolve: {{ alpha.test: 192.0.2.10, issuer.test: 127.0.0.1 }}\nspiffe: {{ endpoint_socket: \"unix://{socket}\" }}\nproviders:\n  demo: {{ token_grant: {{ token_endpoint: \"https://issuer.test:{issuer_port}/token\", grant: token_exchange }} }}\nendpoints:\n  - name: alpha\n    host: alpha.test\n    provider: demo\n    audience: alpha\n    scopes: [alpha.read]\n    statements: [ {{ actions: [GET], resources: [\"/read/**\"] }} ]\negress: {{ default: deny, allow_private_addresses: true }}\n",
+            ca = ca.display(),
+            trust = trust.display(),
+            socket = socket.display(),
+        ),
+    )
+    .unwrap();
+    sh(&format!(
+        "ip netns exec {} {LANYARD} init --proxy-uid {PROXY_UID} --agent-uid {AGENT_UID} --dns 192.0.2.53",
+        pod.a
+    ));
+    let mut proxy = pod
+        .in_pod(
+            PROXY_UID,
+            &[LANYARD, "proxy", "--config", cfg.to_str().unwrap()],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(proxy.stdout.take().unwrap());
+    let mut transparent = 0;
+    while transparent < 2 {
+        let mut l = String::new();
+        assert!(out.read_line(&mut l).unwrap() > 0, "lanyard proxy exited");
+        transparent += usize::from(l.starts_with("transparent on"));
+    }
+    pod.procs.push(proxy);
+
+    let curl = |extra: &[&str]| -> String {
+        let ca_pem = ca.join("ca.pem");
+        let mut args = vec![
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            ca_pem.to_str().unwrap(),
+            "--resolve",
+            "alpha.test:443:192.0.2.10",
+            "-w",
+            "\nstatus=%{http_code}",
+        ];
+        args.extend_from_slice(extra);
+        let o = pod.in_pod(AGENT_UID, &args).output().unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    for (extra, why) in [
+        (
+            vec!["-X", "DELETE", "https://alpha.test/read/1"],
+            "endpoint 'alpha': no statement allows DELETE /read/1",
+        ),
+        (
+            vec!["https://alpha.test/write/1"],
+            "endpoint 'alpha': no statement allows GET /write/1",
+        ),
+        (
+            vec!["--path-as-is", "https://alpha.test/read/../write/1"],
+            "endpoint 'alpha': no statement allows GET /write/1",
+        ),
+    ] {
+        let body = curl(&extra);
+        assert!(
+            body.contains(why) && body.ends_with("status=403"),
+            "{extra:?}: {body}"
+        );
+    }
+    assert_eq!(
+        issued.load(Ordering::SeqCst),
+        0,
+        "a refused call fetched a token"
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "a refused call reached alpha"
+    );
+    let body = curl(&["https://alpha.test/read/1"]);
+    assert!(
+        body.contains("name: alpha")
+            && body.contains("authorization: Bearer ey")
+            && body.ends_with("status=200"),
+        "{body}"
+    );
+    assert_eq!(issued.load(Ordering::SeqCst), 1);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
 
 /// Builds a Go net/http client (standard library only) into `dir`.
