@@ -254,11 +254,74 @@ fn the_chart_refuses_values_that_weaken_the_sandbox() {
             ],
             "name",
         ),
+        (
+            &[
+                "config.endpoints[0].name=a",
+                "config.endpoints[0].host=x.test",
+                "config.endpoints[0].statements[0].actions[0]=GET",
+            ],
+            "statements/0': missing property 'resources'",
+        ),
+        // The overlay list is the chart's (policyOverlay), never config's.
+        (
+            &["config.overlays[0]=/tmp/wide.yaml"],
+            "additional properties 'overlays' not allowed",
+        ),
+        (&["policyOverlay.key=../x"], "policyOverlay"),
     ] {
         let out = t.template(&[&base], sets);
         assert!(!out.ok, "{sets:?} rendered");
         assert!(out.stderr.contains(want), "{sets:?}: {}", out.stderr);
     }
+}
+
+/// The per-sandbox policy overlay is mounted into the sidecar alone (the
+/// agent must not read, let alone write, what narrows it) and named in the
+/// config the sidecar loads.
+#[test]
+fn the_policy_overlay_reaches_the_sidecar_only() {
+    let t = k8s::tools();
+    let values = k8s::chart().join("ci/values-policy.yaml");
+    let docs = documents(&render(&t, &[&values], &[]));
+    let pod = the_pod(&docs);
+    let mounts = |c: &Value| -> Vec<String> {
+        c["volumeMounts"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .map(|v| v["name"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let all: Vec<&Value> = pod["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(pod["containers"].as_array().unwrap())
+        .collect();
+    let with: Vec<&str> = all
+        .iter()
+        .filter(|c| mounts(c).iter().any(|m| m == "lanyard-policy-overlay"))
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(with, vec!["lanyard"], "who mounts the overlay");
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "lanyard-policy-overlay")
+        .unwrap();
+    assert_eq!(volume["configMap"]["name"], "sandbox-7-policy");
+    let cm = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    assert!(
+        cm["data"]["lanyard.yaml"]
+            .as_str()
+            .unwrap()
+            .contains("overlays:\n- /run/lanyard/policy-overlay/overlay.yaml"),
+        "{}",
+        cm["data"]["lanyard.yaml"]
+    );
 }
 
 #[test]
@@ -271,9 +334,21 @@ fn every_overlays_config_is_accepted_by_lanyard_check() {
             .iter()
             .find(|d| d["kind"] == "ConfigMap")
             .expect("the config map");
-        let yaml = cm["data"]["lanyard.yaml"].as_str().unwrap();
+        let mut yaml = cm["data"]["lanyard.yaml"].as_str().unwrap().to_owned();
+        // The overlay comes from the provisioning service's ConfigMap: here,
+        // one that narrows the endpoint it names, at a path of the test's.
+        let mounted = "/run/lanyard/policy-overlay/overlay.yaml";
+        if yaml.contains(mounted) {
+            let o = dir.path().join("overlay.yaml");
+            std::fs::write(
+                &o,
+                "endpoints:\n  tracker:\n    - { actions: [GET], resources: [\"/repos/acme/widgets/issues\"] }\n",
+            )
+            .unwrap();
+            yaml = yaml.replace(mounted, o.to_str().unwrap());
+        }
         let file = dir.path().join("lanyard.yaml");
-        std::fs::write(&file, yaml).unwrap();
+        std::fs::write(&file, &yaml).unwrap();
         if let Err(e) = lanyard_supervisor::check(&file) {
             panic!(
                 "{}: lanyard check refused the rendered config: {e}\n{yaml}",

@@ -38,6 +38,7 @@ app.kubernetes.io/instance: {{ .Release.Name | quote }}
 {{- define "lanyard.caKeyDir" -}}/run/lanyard/ca-secret{{- end -}}
 {{- define "lanyard.upstreamCaDir" -}}/run/lanyard/upstream-ca{{- end -}}
 {{- define "lanyard.adminTokenDir" -}}/run/lanyard/admin-token{{- end -}}
+{{- define "lanyard.policyOverlayDir" -}}/run/lanyard/policy-overlay{{- end -}}
 
 {{/*
 Refuses values that would weaken the sandbox. Each message names the value.
@@ -115,6 +116,9 @@ Refuses values that would weaken the sandbox. Each message names the value.
 {{- $files := concat (default list (index $tls "extra_ca_files")) (list (printf "%s/%s" (include "lanyard.upstreamCaDir" .) $v.upstreamCa.key)) -}}
 {{- $_ := set $tls "extra_ca_files" $files -}}
 {{- $_ := set $cfg "upstream_tls" $tls -}}
+{{- end -}}
+{{- if $v.policyOverlay.configMap -}}
+{{- $_ := set $cfg "overlays" (list (printf "%s/%s" (include "lanyard.policyOverlayDir" .) $v.policyOverlay.key)) -}}
 {{- end -}}
 {{- toYaml $cfg -}}
 {{- end -}}

@@ -140,6 +140,11 @@ initContainers:
         mountPath: {{ include "lanyard.upstreamCaDir" . }}
         readOnly: true
       {{- end }}
+      {{- if $v.policyOverlay.configMap }}
+      - name: lanyard-policy-overlay
+        mountPath: {{ include "lanyard.policyOverlayDir" . }}
+        readOnly: true
+      {{- end }}
 containers:
   - name: {{ $v.agent.name }}
     image: {{ $v.agent.image }}
@@ -253,6 +258,12 @@ volumes:
   - name: lanyard-upstream-ca
     secret:
       secretName: {{ $v.upstreamCa.secret }}
+  {{- end }}
+  {{- if $v.policyOverlay.configMap }}
+  # Statements that narrow config's for this sandbox; the sidecar's alone.
+  - name: lanyard-policy-overlay
+    configMap:
+      name: {{ $v.policyOverlay.configMap }}
   {{- end }}
   {{- with $v.volumes }}
   {{- toYaml . | nindent 2 }}
