@@ -138,7 +138,15 @@ providers:
       on_behalf_of: { subject_token_file: $work/owner/token }
 endpoints:
   - { name: alpha, host: alpha.demo.test, port: ${alpha##*:}, provider: demo-issuer, audience: alpha, scopes: [alpha.read] }
-  - { name: beta,  host: beta.demo.test,  port: ${beta##*:},  provider: on-behalf-of-alice, audience: beta,  scopes: [beta.read] }
+  - name: beta
+    host: beta.demo.test
+    port: ${beta##*:}
+    provider: on-behalf-of-alice
+    audience: beta
+    scopes: [beta.read]
+    # One action only: read beta's front page. Anything else is refused
+    # before a token is fetched (check it: lanyard policy test).
+    statements: [ { actions: [GET], resources: ["/"] } ]
 egress: { default: deny }
 # The agent sees the system directories (read-only), the CA bundle, and its script; nothing else.
 agent: { read_only: [$work/agent.sh] }
@@ -153,6 +161,8 @@ cat >"$work/agent.sh" <<AGENT
 #!/bin/sh
 # The agent: plain curl, no credential, no SPIFFE socket.
 echo "agent: uid=\$(id -u) SPIFFE vars=\$(env | grep -c '^SPIFFE_') processes visible=\$(ls /proc | grep -c '^[0-9]')"
+# First something beta's statements do not allow: refused by Lanyard, no token fetched.
+curl -sS --max-time 20 -X DELETE -w 'HTTP %{http_code}\\n' "https://beta.demo.test:${beta##*:}/items/1" | sed "s/^/agent: beta DELETE: /"
 for svc in alpha beta; do
   port=\$( [ \$svc = alpha ] && echo ${alpha##*:} || echo ${beta##*:} )
   curl -sS --max-time 20 "https://\$svc.demo.test:\$port/" | sed "s/^/agent: \$svc says: /"
@@ -165,6 +175,10 @@ if curl -sS --max-time 5 --noproxy '*' -k "https://$alpha/" >/dev/null 2>&1; the
 AGENT
 chmod 755 "$work/agent.sh"
 "$bin/lanyard" check --config "$work/lanyard.yaml"
+bold "lanyard policy test   (what beta's statements allow, decided as the proxy will)"
+"$bin/lanyard" policy test --config "$work/lanyard.yaml" GET "https://beta.demo.test:${beta##*:}/" || fail "policy test refused GET /"
+if "$bin/lanyard" policy test --config "$work/lanyard.yaml" DELETE "https://beta.demo.test:${beta##*:}/items/1"; then
+  fail "policy test allowed DELETE /items/1"; fi
 
 bold "lanyard run -- agent.sh   (the agent runs as a uid leased for it alone, in its own namespaces)"
 LANYARD_LOG=${LANYARD_LOG:-info} "$bin/lanyard" run --config "$work/lanyard.yaml" -- /bin/sh "$work/agent.sh" \
@@ -183,6 +197,8 @@ expect "agent: beta says: audience: beta"
 expect "agent: beta says: scope: beta.read"
 expect "agent: beta says: subject: alice@demo.test"
 expect "agent: beta says: actor: spiffe://$td/sandbox/agent-1"
+expect "agent: beta DELETE: lanyard: endpoint 'beta': no statement allows DELETE /items/1"
+expect "agent: beta DELETE: HTTP 403"
 expect "agent: Workload API unreachable"
 expect "agent: alpha unreachable without the proxy"
 grep -q "eyJ" "$work/agent.out" && fail "a token or SVID reached the agent"
@@ -199,8 +215,14 @@ for name in ("alpha", "beta"):
     assert req and x, name
     assert req[0]["spiffe_id"] == sys.argv[2] and req[0]["injected"], req[0]
     assert req[0]["token_id"].startswith("jti:") and req[0]["token_id"] == x[0]["token_id"], (req[0], x[0])
+# The refused DELETE came first, and no exchange for beta happened before the allowed GET.
+denied = [i for i, e in enumerate(events) if e["event"] == "denied" and e.get("endpoint") == "beta"]
+assert len(denied) == 1 and events[denied[0]]["reason"] == "policy", denied
+first_x = min(i for i, e in enumerate(events) if e["event"] == "exchange" and e["audience"] == "beta")
+assert denied[0] < first_x, "beta's token was fetched before the refused call"
 PY
 echo "ok: each injection is audited with the sandbox's SPIFFE ID and the jti of the token it got"
+echo "ok: beta's refused DELETE is audited as a policy denial, and fetched no token"
 demo_ok=1
 bold "demo OK"
 if [ "${KEEP:-}" = 1 ]; then
