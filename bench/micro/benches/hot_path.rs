@@ -136,6 +136,28 @@ fn bench(c: &mut Criterion) {
             )
         })
     });
+    // As the request path calls it: the base's 100 statements plus one
+    // per-sandbox overlay narrowing them to one repository.
+    let mut layered = lanyard_proxy::policy::Effective::new(policy.clone());
+    layered
+        .narrow(
+            "overlay.yaml",
+            &[lanyard_proxy::policy::Statement {
+                effect: lanyard_proxy::policy::Effect::Allow,
+                actions: vec!["GET".into()],
+                resources: vec!["/repos/acme/widgets/issues/*/comments".into()],
+            }],
+        )
+        .unwrap();
+    c.bench_function("policy/decide (100 statements + an overlay)", |b| {
+        b.iter(|| {
+            layered.decide(
+                black_box(&Method::GET),
+                black_box(&api),
+                black_box("/repos/acme/widgets/issues/42/comments"),
+            )
+        })
+    });
     let _ = std::fs::remove_dir_all(&dir);
 }
 
