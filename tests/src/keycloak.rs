@@ -1,6 +1,7 @@
 //! A real Keycloak for the identity interop tests: the server distribution
 //! from `scripts/install-keycloak` (`LANYARD_KEYCLOAK_DIR`, or its default
-//! cache directory), started in dev mode with the SPIFFE feature on free
+//! cache directory), started in dev mode with the SPIFFE and JWT
+//! authorization grant features on free
 //! loopback ports, its H2 database in a temp dir of its own, realms from
 //! `tests/keycloak/realms.json` created through the admin API once
 //! `/health/ready` answers, and killed (with its JVM) when dropped.
@@ -17,6 +18,7 @@ use crate::spire::{free_port, poll};
 pub struct Keycloak {
     child: Child,
     dir: tempfile::TempDir,
+    password: String,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     /// `127.0.0.1:PORT`.
@@ -82,7 +84,8 @@ impl Keycloak {
         let child = Command::new(home.join("bin/kc.sh"))
             .args([
                 "start-dev",
-                "--features=spiffe",
+                // As scripts/install-keycloak built it (else every start re-augments).
+                "--features=spiffe,jwt-authorization-grant",
                 "--health-enabled=true",
                 "--http-host=127.0.0.1",
                 &format!("--http-port={port}"),
@@ -101,6 +104,7 @@ impl Keycloak {
         let kc = Keycloak {
             child,
             dir,
+            password: password.clone(),
             addr: format!("127.0.0.1:{port}"),
             url,
         };
@@ -167,6 +171,23 @@ impl Keycloak {
         .unwrap_or_else(|e| panic!("{user}'s token: {e}\n{}", self.log()));
         let v: serde_json::Value = serde_json::from_str(&out).expect("token JSON");
         v["access_token"].as_str().expect("access_token").to_owned()
+    }
+
+    /// The id (the `sub` of its tokens) of user `username` in `realm`.
+    pub fn user_id(&self, realm: &str, username: &str) -> String {
+        let token = self.admin_token(&self.password);
+        let out = curl(&[
+            "-f",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &format!(
+                "{}/admin/realms/{realm}/users?exact=true&username={username}",
+                self.url
+            ),
+        ])
+        .unwrap_or_else(|e| panic!("user {username}: {e}"));
+        let v: serde_json::Value = serde_json::from_str(&out).expect("users JSON");
+        v[0]["id"].as_str().expect("user id").to_owned()
     }
 
     /// A realm's issuer identifier.

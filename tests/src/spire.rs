@@ -38,7 +38,9 @@ fn spire_bin() -> PathBuf {
             cache.join("lanyard/spire-v1.15.3")
         });
     assert!(
-        dir.join("spire-server").is_file() && dir.join("spire-agent").is_file(),
+        dir.join("spire-server").is_file()
+            && dir.join("spire-agent").is_file()
+            && dir.join("oidc-discovery-provider").is_file(),
         "SPIRE binaries not found in {}: run scripts/install-spire (scripts/test does)",
         dir.display()
     );
@@ -61,9 +63,38 @@ pub fn poll(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// How a test's SPIRE server is set up beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct SpireOptions {
+    /// The server's `jwt_issuer`: the `iss` claim of every JWT-SVID (SPIRE
+    /// mints none by default), which OIDC-style relying parties such as
+    /// Keycloak's JWT authorization grant look their trust up by.
+    pub jwt_issuer: Option<String>,
+}
+
+/// SPIRE's OIDC discovery provider, serving the trust domain's JWT keys as
+/// a standard JWKS (`use: sig`) over loopback HTTP; killed when dropped.
+pub struct OidcDiscovery {
+    child: Child,
+    /// `http://127.0.0.1:PORT/keys`.
+    pub jwks_url: String,
+}
+
+impl Drop for OidcDiscovery {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Spire {
     /// Starts the server and an attested agent.
     pub fn start() -> Self {
+        Self::start_with(&SpireOptions::default())
+    }
+
+    /// Starts the server, set up as `opts` says, and an attested agent.
+    pub fn start_with(opts: &SpireOptions) -> Self {
         let bin = spire_bin();
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_owned();
@@ -85,7 +116,7 @@ impl Spire {
   socket_path = "{d}/server/api.sock"
   trust_domain = "{TRUST_DOMAIN}"
   data_dir = "{d}/server"
-  log_level = "WARN"
+  log_level = "WARN"{issuer}
 }}
 plugins {{
   DataStore "sql" {{ plugin_data {{ database_type = "sqlite3" connection_string = "{d}/server/datastore.sqlite3" }} }}
@@ -93,7 +124,12 @@ plugins {{
   KeyManager "memory" {{ plugin_data {{}} }}
 }}
 "#,
-                d = dir.display()
+                d = dir.display(),
+                issuer = opts
+                    .jwt_issuer
+                    .as_ref()
+                    .map(|i| format!("\n  jwt_issuer = \"{i}\""))
+                    .unwrap_or_default(),
             ),
         )
         .expect("server.conf");
@@ -161,6 +197,50 @@ plugins {{
         .expect("agent.conf");
         s.start_agent();
         s
+    }
+
+    /// Starts SPIRE's OIDC discovery provider against this server's API
+    /// (plain HTTP on a free loopback port, keys marked `use: sig`) and
+    /// waits until it serves the JWKS.
+    pub fn oidc_discovery(&self) -> OidcDiscovery {
+        let port = free_port();
+        let conf = self.dir.join("oidc.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "log_level = \"warn\"\ndomains = [\"127.0.0.1\"]\ninsecure_addr = \"127.0.0.1:{port}\"\nallow_insecure_scheme = true\nset_key_use = true\nserver_api {{\n  address = \"unix://{}\"\n}}\n",
+                self.server_socket()
+            ),
+        )
+        .expect("oidc.conf");
+        let child = Command::new(self.bin.join("oidc-discovery-provider"))
+            .args(["-config"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("oidc.log")).expect("log"))
+            .spawn()
+            .expect("oidc-discovery-provider (scripts/install-spire builds it)");
+        let d = OidcDiscovery {
+            child,
+            jwks_url: format!("http://127.0.0.1:{port}/keys"),
+        };
+        poll(
+            Duration::from_secs(30),
+            "the OIDC discovery provider's JWKS",
+            || {
+                Command::new("curl")
+                    .args(["-sf", "--max-time", "2", &d.jwks_url])
+                    .output()
+                    .is_ok_and(|o| {
+                        let body: String = String::from_utf8_lossy(&o.stdout)
+                            .chars()
+                            .filter(|c| !c.is_whitespace())
+                            .collect();
+                        o.status.success() && body.contains("\"use\":\"sig\"")
+                    })
+            },
+        );
+        d
     }
 
     fn server_socket(&self) -> String {

@@ -16,27 +16,38 @@
 
 use lanyard_examples::service::{self, Service, ServiceConfig};
 use lanyard_tests::keycloak::{self, Keycloak};
-use lanyard_tests::spire::{Spire, TRUST_DOMAIN};
+use lanyard_tests::spire::{OidcDiscovery, Spire, SpireOptions, TRUST_DOMAIN};
 use lanyard_tests::*;
 
 const AGENT_ID: &str = "spiffe://demo.test/sandbox/agent-1";
 const H1: &[u8] = b"http/1.1";
 /// alice's password in the test realm (she signs in to the `portal` client).
 const OWNER_PASSWORD: &str = "alice-test-password";
+/// The `iss` SPIRE puts in JWT-SVIDs, and the issuer Keycloak's JWT
+/// authorization grant identity provider trusts.
+const SPIRE_ISSUER: &str = "https://oidc-discovery.demo.test";
+/// The `lanyard-bearer` client's secret.
+const BEARER_SECRET: &str = "lanyard-bearer-test-secret";
 
 struct Idp {
     spire: Spire,
     keycloak: Keycloak,
+    _oidc: OidcDiscovery,
 }
 
-/// SPIRE with the sandbox's entry, SPIRE's bundle served to Keycloak as a
-/// SPIFFE bundle endpoint does, Keycloak with `realms.json`.
+/// SPIRE with the sandbox's entry (JWT-SVIDs carrying `iss`), SPIRE's
+/// bundle served to Keycloak as a SPIFFE bundle endpoint does, SPIRE's OIDC
+/// discovery provider serving the same keys as a standard JWKS, Keycloak
+/// with `realms.json`.
 async fn idp() -> Idp {
-    let (spire, bundle_json) = tokio::task::spawn_blocking(|| {
-        let s = Spire::start();
+    let (spire, bundle_json, oidc) = tokio::task::spawn_blocking(|| {
+        let s = Spire::start_with(&SpireOptions {
+            jwt_issuer: Some(SPIRE_ISSUER.into()),
+        });
         s.register(AGENT_ID, "unix:uid:0", None);
         let b = s.bundle_spiffe();
-        (s, b)
+        let oidc = s.oidc_discovery();
+        (s, b, oidc)
     })
     .await
     .unwrap();
@@ -47,11 +58,18 @@ async fn idp() -> Idp {
         ("BUNDLE_ENDPOINT", &endpoint),
         ("SPIFFE_ID", AGENT_ID),
         ("OWNER_PASSWORD", OWNER_PASSWORD),
+        ("SPIRE_ISSUER", SPIRE_ISSUER),
+        ("SPIRE_JWKS", &oidc.jwks_url),
+        ("BEARER_SECRET", BEARER_SECRET),
     ]);
     let keycloak = tokio::task::spawn_blocking(move || Keycloak::start(&realms))
         .await
         .unwrap();
-    Idp { spire, keycloak }
+    Idp {
+        spire,
+        keycloak,
+        _oidc: oidc,
+    }
 }
 
 /// Keycloak takes seconds to start: one SPIRE and one Keycloak serve every
@@ -62,6 +80,7 @@ async fn keycloak_end_to_end() {
     client_credentials_with_the_svid(&idp).await;
     an_unbound_spiffe_id_is_refused_with_the_issuers_error(&idp).await;
     on_behalf_of_alice_through_standard_token_exchange(&idp).await;
+    jwt_bearer_through_keycloaks_jwt_authorization_grant(&idp).await;
 }
 
 /// One scenario: its own World, the alpha service (verifying Keycloak's
@@ -236,6 +255,41 @@ async fn on_behalf_of_alice_through_standard_token_exchange(idp: &Idp) {
         "owner's token is unavailable",
     );
     assert_eq!(scene.accepted(), [alice]);
+}
+
+/// RFC 7523 `jwt_bearer`: the JWT-SVID is the authorization grant itself.
+/// Keycloak's JWT authorization grant (a preview feature) trusts SPIRE as an
+/// OIDC-style issuer: the SVID's `iss` (SPIRE's `jwt_issuer`) names the
+/// identity provider, whose keys come from SPIRE's OIDC discovery provider,
+/// and the SVID's subject is linked to a Keycloak user. The client
+/// authenticates with its secret (read from a file); the token issued is
+/// that user's, for the client.
+async fn jwt_bearer_through_keycloaks_jwt_authorization_grant(idp: &Idp) {
+    let kc = &idp.keycloak;
+    let scene = Scene::new(kc).await;
+    let issuer = kc.issuer("sandbox");
+    let secret_dir = scene.w.dir.path().join("client-secret");
+    std::fs::create_dir_all(&secret_dir).unwrap();
+    let secret = secret_dir.join("secret");
+    std::fs::write(&secret, BEARER_SECRET).unwrap();
+    let providers = format!(
+        "  kc-bearer: {{ token_grant: {{ issuer: \"{issuer}\", grant: jwt_bearer, client_id: lanyard-bearer, scopes: [alpha.read], extra_params: {{ client_secret: {{ file: {} }} }} }} }}\n",
+        secret.display()
+    );
+    let endpoints = "  - { name: alpha, host: alpha.demo.test, port: PORT, provider: kc-bearer }\n";
+    let p = scene.lanyard(idp, &providers, endpoints).await;
+    let r = scene.get(&p, "/").await;
+    assert_eq!(r.status, http::StatusCode::OK, "{}\n{}", r.body, kc.log());
+    let agent = kc.user_id("sandbox", "agent-1");
+    for want in [
+        format!("subject: {agent}\n"),
+        "client: lanyard-bearer\n".to_owned(),
+        "audience: alpha\n".to_owned(),
+        format!("issuer: {issuer}\n"),
+    ] {
+        assert!(r.body.contains(&want), "missing {want:?} in {}", r.body);
+    }
+    assert_eq!(scene.accepted(), [agent]);
 }
 
 /// A JWT's claims, unverified (the test reads its own token).
