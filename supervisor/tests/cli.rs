@@ -608,3 +608,71 @@ fn sighup_reloads_with_json_logs_and_the_admin_listener_reports_it() {
         "{logs}"
     );
 }
+
+/// `lanyard policy test` through the binary: allow exits 0, deny 1, a bad
+/// config or argument 64; `check` prints the statements with the overlay's.
+#[test]
+fn policy_test_exits_by_the_decision() {
+    let (dir, ca) = scratch();
+    let yaml = base(dir.path(), &ca, 8443).replace(
+        "path: /api, provider: demo }",
+        "path: /api, provider: demo, statements: [ { actions: [GET], resources: [\"/api/**\"] } ] }",
+    );
+    write(
+        dir.path(),
+        "narrow.yaml",
+        "endpoints:\n  alpha:\n    - { actions: [GET], resources: [\"/api/items/*\"] }\n",
+    );
+    let file = write(
+        dir.path(),
+        "lanyard.yaml",
+        &format!("{yaml}overlays: [narrow.yaml]\n"),
+    );
+    let run = |m: &str, url: &str| {
+        Command::new(LANYARD)
+            .args(["policy", "test", "--config"])
+            .arg(&file)
+            .args([m, url])
+            .output()
+            .unwrap()
+    };
+    let out = run("GET", "https://alpha.test:8443/api/items/1");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.starts_with("allow: endpoint 'alpha': GET /api/items/1\n"),
+        "{text}"
+    );
+    let out = run("GET", "https://alpha.test:8443/api/other");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.starts_with("deny: endpoint 'alpha': no statement allows GET /api/other (overlay "),
+        "{text}"
+    );
+    let out = run("GET", "ftp://alpha.test/api");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("URL"));
+    let out = lanyard(&["check", "--config"], &file);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(
+            "endpoint 'alpha'\n  endpoints[0].statements[0]: allow GET /api/**\n  overlay "
+        ) && text.contains("narrow.yaml [0]: allow GET /api/items/*\n"),
+        "{text}"
+    );
+    // A widening overlay: the config is refused, naming the overlay file.
+    write(
+        dir.path(),
+        "narrow.yaml",
+        "endpoints:\n  alpha:\n    - { actions: [POST], resources: [\"/api/items/*\"] }\n",
+    );
+    let out = lanyard(&["check", "--config"], &file);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("narrow.yaml: endpoints.alpha[0]: allows POST /api/items/*"),
+        "{err}"
+    );
+}
