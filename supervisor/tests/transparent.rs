@@ -74,6 +74,83 @@ impl Pod {
         }
     }
 
+    /// Installs the redirect rules with the real `lanyard init`, starts the
+    /// real `lanyard proxy` on `cfg` as Lanyard's uid, and returns once both
+    /// transparent listeners are bound, with the proxy's stderr.
+    fn start_proxy(&mut self, cfg: &std::path::Path) -> std::process::ChildStderr {
+        sh(&format!(
+            "ip netns exec {} {LANYARD} init --proxy-uid {PROXY_UID} --agent-uid {AGENT_UID} --dns 192.0.2.53",
+            self.a
+        ));
+        let mut proxy = self
+            .in_pod(
+                PROXY_UID,
+                &[LANYARD, "proxy", "--config", cfg.to_str().unwrap()],
+            )
+            .env("LANYARD_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(proxy.stdout.take().unwrap());
+        let mut seen = Vec::new();
+        while seen
+            .iter()
+            .filter(|l: &&String| l.starts_with("transparent on"))
+            .count()
+            < 2
+        {
+            let mut l = String::new();
+            assert!(
+                out.read_line(&mut l).unwrap() > 0,
+                "lanyard proxy exited: {seen:?}"
+            );
+            seen.push(l.trim().to_owned());
+        }
+        let stderr = proxy.stderr.take().unwrap();
+        self.procs.push(proxy);
+        stderr
+    }
+
+    /// The development Workload API for `spiffe://demo.test/agent`, run as
+    /// Lanyard's uid with its socket in a directory only that uid enters;
+    /// returns once it serves, with the socket's path.
+    fn workload_api(&self, dir: &std::path::Path) -> (KillOnDrop, std::path::PathBuf) {
+        let socket_dir = dir.join("spiffe");
+        std::fs::create_dir(&socket_dir).unwrap();
+        nix::unistd::chown(
+            socket_dir.as_path(),
+            Some(PROXY_UID.into()),
+            Some(PROXY_UID.into()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let socket = socket_dir.join("agent.sock");
+        let mut api = self
+            .in_pod(
+                PROXY_UID,
+                &[
+                    LANYARD,
+                    "dev",
+                    "workload-api",
+                    "--socket",
+                    socket.to_str().unwrap(),
+                    "--spiffe-id",
+                    "spiffe://demo.test/agent",
+                ],
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(api.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("listening on"), "{line}");
+        (KillOnDrop(api), socket)
+    }
+
     /// Runs `args` in the pod as `uid`.
     fn in_pod(&self, uid: u32, args: &[&str]) -> Command {
         let mut c = Command::new("ip");
@@ -218,37 +295,7 @@ fn the_agent_gets_its_token_without_knowing_there_is_a_proxy() {
     )
     .unwrap();
 
-    sh(&format!(
-        "ip netns exec {} {LANYARD} init --proxy-uid {PROXY_UID} --agent-uid {AGENT_UID} --dns 192.0.2.53",
-        pod.a
-    ));
-    let mut proxy = pod
-        .in_pod(
-            PROXY_UID,
-            &[LANYARD, "proxy", "--config", cfg.to_str().unwrap()],
-        )
-        .env("LANYARD_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(proxy.stdout.take().unwrap());
-    let mut seen = Vec::new();
-    while seen
-        .iter()
-        .filter(|l: &&String| l.starts_with("transparent on"))
-        .count()
-        < 2
-    {
-        let mut l = String::new();
-        assert!(
-            out.read_line(&mut l).unwrap() > 0,
-            "lanyard proxy exited: {seen:?}"
-        );
-        seen.push(l.trim().to_owned());
-    }
-    let stderr = proxy.stderr.take().unwrap();
-    pod.procs.push(proxy);
+    let stderr = pod.start_proxy(&cfg);
 
     let curl = |extra: &[&str]| -> (bool, String) {
         let mut args = vec!["curl", "-sS", "--max-time", "10", "--cacert"];
@@ -369,33 +416,7 @@ fn the_agent_gets_its_token_without_knowing_there_is_a_proxy() {
         String::from_utf8_lossy(&o.stderr)
     );
     // The Workload API socket lives where only Lanyard's uid can enter.
-    let socket_dir = dir.path().join("spiffe");
-    std::fs::create_dir(&socket_dir).unwrap();
-    nix::unistd::chown(
-        socket_dir.as_path(),
-        Some(PROXY_UID.into()),
-        Some(PROXY_UID.into()),
-    )
-    .unwrap();
-    std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let socket = socket_dir.join("agent.sock");
-    let api = pod
-        .in_pod(
-            PROXY_UID,
-            &[
-                LANYARD,
-                "dev",
-                "workload-api",
-                "--socket",
-                socket.to_str().unwrap(),
-                "--spiffe-id",
-                "spiffe://demo.test/agent",
-            ],
-        )
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _api = KillOnDrop(api);
+    let (_api, socket) = pod.workload_api(dir.path());
     let reach = "import socket,sys,time\nfor _ in range(100):\n  try:\n    socket.socket(socket.AF_UNIX).connect(sys.argv[1]); print('connected'); break\n  except FileNotFoundError: time.sleep(0.05)\n  except OSError as e: print('refused', e.errno); break";
     let o = pod
         .in_pod(
@@ -467,37 +488,10 @@ fn statements_decide_redirected_requests_before_any_token() {
     pki.write_ca(&trust).unwrap();
 
     // The Workload API, where only Lanyard's uid can reach it.
-    let socket_dir = dir.path().join("spiffe");
+    let (_api, socket) = pod.workload_api(dir.path());
     let ca = dir.path().join("ca");
-    for d in [&socket_dir, &ca] {
-        std::fs::create_dir(d).unwrap();
-        nix::unistd::chown(d.as_path(), Some(PROXY_UID.into()), Some(PROXY_UID.into())).unwrap();
-    }
-    std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let socket = socket_dir.join("agent.sock");
-    let mut api = pod
-        .in_pod(
-            PROXY_UID,
-            &[
-                LANYARD,
-                "dev",
-                "workload-api",
-                "--socket",
-                socket.to_str().unwrap(),
-                "--spiffe-id",
-                "spiffe://demo.test/agent",
-            ],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(api.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("listening on"), "{line}");
-    let _api = KillOnDrop(api);
+    std::fs::create_dir(&ca).unwrap();
+    nix::unistd::chown(ca.as_path(), Some(PROXY_UID.into()), Some(PROXY_UID.into())).unwrap();
     let (issuer_port, issued) = issuer_in(&pod.a, format!("unix://{}", socket.display()), &pki);
 
     let cfg = dir.path().join("lanyard.yaml");
@@ -511,27 +505,7 @@ fn statements_decide_redirected_requests_before_any_token() {
         ),
     )
     .unwrap();
-    sh(&format!(
-        "ip netns exec {} {LANYARD} init --proxy-uid {PROXY_UID} --agent-uid {AGENT_UID} --dns 192.0.2.53",
-        pod.a
-    ));
-    let mut proxy = pod
-        .in_pod(
-            PROXY_UID,
-            &[LANYARD, "proxy", "--config", cfg.to_str().unwrap()],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(proxy.stdout.take().unwrap());
-    let mut transparent = 0;
-    while transparent < 2 {
-        let mut l = String::new();
-        assert!(out.read_line(&mut l).unwrap() > 0, "lanyard proxy exited");
-        transparent += usize::from(l.starts_with("transparent on"));
-    }
-    pod.procs.push(proxy);
+    let _stderr = pod.start_proxy(&cfg);
 
     let curl = |extra: &[&str]| -> String {
         let ca_pem = ca.join("ca.pem");
