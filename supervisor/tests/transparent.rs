@@ -180,8 +180,26 @@ impl Drop for Pod {
     }
 }
 
+/// Runs `run` on a thread of its own that joined network namespace `ns`,
+/// on a runtime of that thread (the future never needs to end).
+fn in_namespace<F, Fut>(ns: &str, run: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let ns_file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(run());
+    });
+}
+
 /// Serves the echo upstream `name` (an alpha.test certificate from `pki`) on
-/// `addr` inside namespace `ns`, from a thread that joined it.
+/// `addr` inside namespace `ns`; returns its count of requests.
 fn upstream_in(
     ns: &str,
     addr: &str,
@@ -193,22 +211,14 @@ fn upstream_in(
         .unwrap()
         .server_config(&[b"http/1.1"])
         .unwrap();
-    let ns_file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
     let addr: std::net::SocketAddr = addr.parse().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    in_namespace(ns, move || async move {
+        let up = lanyard_examples::echo::start(addr, name, Some(tls))
+            .await
             .unwrap();
-        rt.block_on(async move {
-            let up = lanyard_examples::echo::start(addr, name, Some(tls))
-                .await
-                .unwrap();
-            tx.send(up.hits.clone()).unwrap();
-            std::future::pending::<()>().await;
-        });
+        tx.send(up.hits.clone()).unwrap();
+        std::future::pending::<()>().await;
     });
     rx.recv().unwrap()
 }
@@ -227,43 +237,41 @@ fn issuer_in(
         .unwrap()
         .server_config(&[b"http/1.1"])
         .unwrap();
-    let ns_file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    in_namespace(ns, move || async move {
+        let issuer = lanyard_examples::issuer::start(lanyard_examples::issuer::IssuerConfig {
+            name: "issuer.test".into(),
+            bind: "127.0.0.1:0".parse().unwrap(),
+            tls,
+            workload_api,
+            allowed_prefix: "spiffe://demo.test/".into(),
+            audiences: [("alpha".to_owned(), vec!["alpha.read".to_owned()])].into(),
+            ttl: 300,
+        })
+        .await
+        .unwrap();
+        tx.send((issuer.addr.port(), issuer.issued.clone()))
             .unwrap();
-        rt.block_on(async move {
-            let issuer = lanyard_examples::issuer::start(lanyard_examples::issuer::IssuerConfig {
-                name: "issuer.test".into(),
-                bind: "127.0.0.1:0".parse().unwrap(),
-                tls,
-                workload_api,
-                allowed_prefix: "spiffe://demo.test/".into(),
-                audiences: [("alpha".to_owned(), vec!["alpha.read".to_owned()])].into(),
-                ttl: 300,
-            })
-            .await
-            .unwrap();
-            tx.send((issuer.addr.port(), issuer.issued.clone()))
-                .unwrap();
-            std::future::pending::<()>().await;
-        });
+        std::future::pending::<()>().await;
     });
     rx.recv().unwrap()
 }
 
-#[test]
-fn the_agent_gets_its_token_without_knowing_there_is_a_proxy() {
+/// A scratch directory anyone may traverse (the proxy and the agent run as
+/// uids of their own) and a fresh pod. Namespaces need root, as CI has.
+fn scratch_pod() -> (tempfile::TempDir, Pod) {
     assert!(
         nix::unistd::Uid::effective().is_root(),
         "this test creates network namespaces: run it as root (CI does)"
     );
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut pod = Pod::new();
+    (dir, Pod::new())
+}
+
+#[test]
+fn the_agent_gets_its_token_without_knowing_there_is_a_proxy() {
+    let (dir, mut pod) = scratch_pod();
 
     // The real alpha (trusted by Lanyard), and an impostor with a certificate
     // for the same name from another CA, at an address the agent may choose.
@@ -475,13 +483,7 @@ fn the_agent_gets_its_token_without_knowing_there_is_a_proxy() {
 /// exchanged token.
 #[test]
 fn statements_decide_redirected_requests_before_any_token() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "this test creates network namespaces: run it as root (CI does)"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut pod = Pod::new();
+    let (dir, mut pod) = scratch_pod();
     let pki = lanyard_examples::pki::Pki::new("demo CA").unwrap();
     let hits = upstream_in(&pod.b, "192.0.2.10:443", "alpha", &pki);
     let trust = dir.path().join("demo-ca.pem");
