@@ -62,8 +62,14 @@ fn bench(c: &mut Criterion) {
     });
     let uri: Uri = "/v3/items/42?page=2".parse().unwrap();
     let mut headers = HeaderMap::new();
-    headers.insert(http::header::HOST, HeaderValue::from_static("api7.example.com"));
-    headers.insert(http::header::AUTHORIZATION, HeaderValue::from_static("Bearer agent"));
+    headers.insert(
+        http::header::HOST,
+        HeaderValue::from_static("api7.example.com"),
+    );
+    headers.insert(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_static("Bearer agent"),
+    );
     c.bench_function("inject/decide (names, path, rule)", |b| {
         b.iter(|| {
             inject::decide(
@@ -104,7 +110,10 @@ fn bench(c: &mut Criterion) {
     let fetch = || async { Ok((42u64, Duration::from_secs(3600))) };
     rt.block_on(cache.get(&key, fetch)).unwrap();
     c.bench_function("cache/token hit", |b| {
-        b.iter(|| rt.block_on(cache.get(black_box(&key), fetch)).map(|f| f.value))
+        b.iter(|| {
+            rt.block_on(cache.get(black_box(&key), fetch))
+                .map(|f| f.value)
+        })
     });
     let telemetry = Arc::new(lanyard_proxy::Telemetry::default());
     c.bench_function("audit/token id (JWT jti)", |b| {
@@ -157,6 +166,18 @@ fn bench(c: &mut Criterion) {
                 black_box("/repos/acme/widgets/issues/42/comments"),
             )
         })
+    });
+    // Adversarial: nine `**`-separated pieces against a 64-segment path that
+    // has all but the last (recursive backtracking would try C(64, 9) splits).
+    let adversarial = lanyard_proxy::policy::Policy::compile(&[lanyard_proxy::policy::Statement {
+        effect: lanyard_proxy::policy::Effect::Allow,
+        actions: vec!["*".into()],
+        resources: vec!["/**/a/**/a/**/a/**/a/**/a/**/a/**/a/**/a/**/a/**/g".into()],
+    }])
+    .unwrap();
+    let almost: String = (0..64).map(|_| "/a").collect();
+    c.bench_function("policy/decide (adversarial **, 64 segments)", |b| {
+        b.iter(|| adversarial.decide(black_box(&Method::GET), black_box(&api), black_box(&almost)))
     });
     let _ = std::fs::remove_dir_all(&dir);
 }

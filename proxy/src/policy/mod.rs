@@ -332,49 +332,88 @@ impl Resource {
     }
 }
 
-/// Segment-wise match with `**` backtracking; no allocation.
+/// Segment-wise match; no allocation. The two-pointer wildcard algorithm
+/// (as [`glob`] does for bytes): every segment glob takes exactly one path
+/// segment, so on a mismatch only the last `**` needs to take one more, and
+/// the work is bounded by pattern × path length whatever the pattern: a
+/// resource full of `**` cannot make a long path expensive to refuse.
 fn match_segments(pat: &[Seg], segs: &[&str]) -> bool {
-    match pat.split_first() {
-        None => segs.is_empty(),
-        Some((Seg::Any, rest)) => (0..=segs.len()).any(|k| match_segments(rest, &segs[k..])),
-        Some((Seg::Glob(g), rest)) => match segs.split_first() {
-            Some((s, more)) => glob(g.as_bytes(), s.as_bytes()) && match_segments(rest, more),
-            None => false,
-        },
+    let (mut p, mut s) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while s < segs.len() {
+        match pat.get(p) {
+            Some(Seg::Any) => {
+                star = Some(p);
+                mark = s;
+                p += 1;
+            }
+            Some(Seg::Glob(g)) if glob(g.as_bytes(), segs[s].as_bytes()) => {
+                p += 1;
+                s += 1;
+            }
+            _ => match star {
+                Some(st) => {
+                    p = st + 1;
+                    mark += 1;
+                    s = mark;
+                }
+                None => return false,
+            },
+        }
     }
+    pat[p..].iter().all(|x| *x == Seg::Any)
 }
 
 /// Whether pattern `q` matches every path pattern `r` matches. `**` in `q`
 /// may take any of `r`'s segments, `**` included; a glob in `q` takes one
 /// glob of `r` that it contains; `**` in `r` (any number of segments) is
-/// within nothing but `**`.
+/// within nothing but `**`. Decided over a table of suffix pairs (load time
+/// only), so it is polynomial whatever the patterns.
 fn contains_segments(q: &[Seg], r: &[Seg]) -> bool {
-    match q.split_first() {
-        None => r.is_empty(),
-        Some((Seg::Any, rest)) => {
-            contains_segments(rest, r) || (!r.is_empty() && contains_segments(q, &r[1..]))
-        }
-        Some((Seg::Glob(g), rest)) => match r.split_first() {
-            Some((Seg::Glob(h), more)) => {
-                glob_contains(g.as_bytes(), h.as_bytes()) && contains_segments(rest, more)
-            }
+    table(q.len(), r.len(), |i, j, at| match &q[i] {
+        Seg::Any => at(i + 1, j) || (j < r.len() && at(i, j + 1)),
+        Seg::Glob(g) => match r.get(j) {
+            Some(Seg::Glob(h)) => glob_contains(g.as_bytes(), h.as_bytes()) && at(i + 1, j + 1),
             _ => false,
         },
-    }
+    })
 }
 
 /// Whether glob `g` matches every string glob `h` matches: `h` is matched
-/// as text in which each of its `*` can only be taken by a `*` of `g`
-/// (a literal of `g` cannot stand for an arbitrary run).
+/// as text in which each of its `*` can only be taken by a `*` of `g` (a
+/// literal of `g` cannot stand for an arbitrary run).
 fn glob_contains(g: &[u8], h: &[u8]) -> bool {
-    match g.split_first() {
-        None => h.is_empty(),
-        Some((b'*', rest)) => (0..=h.len()).any(|k| glob_contains(rest, &h[k..])),
-        Some((c, rest)) => match h.split_first() {
-            Some((d, more)) if d == c && *d != b'*' => glob_contains(rest, more),
-            _ => false,
-        },
+    table(g.len(), h.len(), |a, b, at| {
+        if g[a] == b'*' {
+            at(a + 1, b) || (b < h.len() && at(a, b + 1))
+        } else {
+            b < h.len() && h[b] == g[a] && h[b] != b'*' && at(a + 1, b + 1)
+        }
+    })
+}
+
+/// Fills `dp[i][j]` for `i` in `0..=n`, `j` in `0..=m` from the end: row
+/// `n` holds only `j == m`; `step(i, j, at)` computes an inner cell from
+/// cells further on (`at(i', j')` with `i' > i`, or `i' == i` and
+/// `j' > j`). Returns `dp[0][0]`.
+fn table(
+    n: usize,
+    m: usize,
+    step: impl Fn(usize, usize, &dyn Fn(usize, usize) -> bool) -> bool,
+) -> bool {
+    let w = m + 1;
+    let mut dp = vec![false; (n + 1) * w];
+    dp[n * w + m] = true;
+    for i in (0..n).rev() {
+        for j in (0..=m).rev() {
+            let v = {
+                let at = |a: usize, b: usize| dp[a * w + b];
+                step(i, j, &at)
+            };
+            dp[i * w + j] = v;
+        }
     }
+    dp[0]
 }
 
 /// `*` matches any run of bytes (segments hold no `/`); everything else literally.
