@@ -8,7 +8,9 @@
 //!
 //! - **TLS with SNI:** the target is SNI + the original port. An endpoint
 //!   host is intercepted and injected exactly as after a CONNECT; any other
-//!   name goes through egress policy and is tunnelled blind. Either way
+//!   name goes through egress policy and is tunnelled blind, or, when the
+//!   allow entry has statements, intercepted without injection so each
+//!   request is decided by them. Either way
 //!   Lanyard dials the *name* through its own resolution (`resolve:` pins,
 //!   then DNS), never the address the agent chose: an agent that points SNI
 //!   `alpha.test` at an address of its own gets alpha's real server, and a
@@ -18,7 +20,8 @@
 //!   the log says `original_dst_mismatch`.
 //! - **TLS without SNI, and anything that is neither TLS nor HTTP:** no name,
 //!   so no injection; egress policy decides on the original address, and the
-//!   bytes are tunnelled blind to it.
+//!   bytes are tunnelled blind to it (refused when the entry that allows the
+//!   address has statements: nothing could enforce them).
 //! - **Plain HTTP:** served by the HTTP/1.1 front end, each request routed by
 //!   its Host header (with the original port when it names none), as an
 //!   absolute-form request would be: invariant 2 holds unchanged.

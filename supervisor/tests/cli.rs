@@ -628,31 +628,35 @@ fn policy_test_exits_by_the_decision() {
         "lanyard.yaml",
         &format!("{yaml}overlays: [narrow.yaml]\n"),
     );
+    // (exit code, stdout, stderr) of `lanyard policy test METHOD URL`.
     let run = |m: &str, url: &str| {
-        Command::new(LANYARD)
+        let out = Command::new(LANYARD)
             .args(["policy", "test", "--config"])
             .arg(&file)
             .args([m, url])
             .output()
-            .unwrap()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
-    let out = run("GET", "https://alpha.test:8443/api/items/1");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    let (code, text, _) = run("GET", "https://alpha.test:8443/api/items/1");
+    assert_eq!(code, Some(0), "{text}");
     assert!(
         text.starts_with("allow: endpoint 'alpha': GET /api/items/1\n"),
         "{text}"
     );
-    let out = run("GET", "https://alpha.test:8443/api/other");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text, _) = run("GET", "https://alpha.test:8443/api/other");
+    assert_eq!(code, Some(1), "{text}");
     assert!(
         text.starts_with("deny: endpoint 'alpha': no statement allows GET /api/other (overlay "),
         "{text}"
     );
-    let out = run("GET", "ftp://alpha.test/api");
-    assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("URL"));
+    let (code, _, err) = run("GET", "ftp://alpha.test/api");
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("URL"), "{err}");
     let out = lanyard(&["check", "--config"], &file);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");

@@ -264,3 +264,24 @@ async fn an_overlay_narrows_a_running_proxy_and_follows_its_file() {
     );
     p.shutdown().await;
 }
+
+/// An entry with statements is still egress: intercepting it does not make
+/// it trusted config, so a name that resolves only to non-public addresses
+/// (not pinned in `resolve:`) is refused before the CONNECT is answered, as
+/// for a blind tunnel, and the upstream is never reached.
+#[tokio::test]
+async fn an_inspected_entry_keeps_the_private_address_check() {
+    let w = World::new();
+    let up = w.upstream("local", &["localhost"], &[H1]).await;
+    let port = up.addr.port();
+    let yaml = format!(
+        "{}egress:\n  default: deny\n  allow:\n    - to: \"localhost:{port}\"\n      statements: [ {{ actions: [GET], resources: [\"/**\"] }} ]\n",
+        w.base_yaml()
+    );
+    let p = start(&yaml, w.dir.path()).await;
+    let (_s, r) = connect(p.addr, &format!("localhost:{port}")).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.body.contains("non-public"), "{}", r.body);
+    assert_eq!(up.hits(), 0);
+    p.shutdown().await;
+}
